@@ -1,0 +1,3 @@
+from rvgen.cli import main
+
+main()

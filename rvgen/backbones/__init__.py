@@ -1,0 +1,50 @@
+"""Feature networks. A backbone maps an image batch to named activations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rvgen.params import Param
+
+PIXELS = "pixels"
+"""Pseudo-layer every backbone offers: the image itself (for pixel losses such as ``tv``)."""
+
+
+class Backbone(nn.Module):
+    """Base class of backbone plugins.
+
+    A subclass declares ``name``, ``description`` and ``params``, lists its layers in
+    forward order with :meth:`layer_names` (which may depend on the options, but must not
+    build anything), and implements :meth:`features`. ``__init__`` receives the validated
+    options and the layers that will be asked for, so it can stop building at the deepest.
+    Inputs are RGB in [0, 1], shape (B, 3, H, W); the backbone does its own normalisation.
+    Weights are frozen by the engine.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    default_layers: ClassVar[dict[str, list[str]]] = {}
+    """Layers tasks use when a recipe names none, by role: ``content``, ``style``, ``reconstruct``."""
+
+    def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
+        super().__init__()
+        self.options = dict(options)
+
+    @classmethod
+    def layer_names(cls, options: Mapping[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        layers = set(layers)
+        out = self.features(x, layers - {PIXELS}) if layers - {PIXELS} else {}
+        if PIXELS in layers:
+            out[PIXELS] = x
+        return out

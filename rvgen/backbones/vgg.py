@@ -1,0 +1,136 @@
+"""ranVGG: torchvision's VGG architectures with seeded random weights, never trained.
+
+The layer list follows torchvision's ``vgg16``/``vgg19`` ``features`` exactly (same modules
+at the same indices), named the way the style-transfer literature names them: ``conv3_1``,
+``relu3_1``, ``pool3``. Weights are drawn on the CPU from a generator seeded with ``seed``,
+layer by layer in forward order, so a (architecture, seed, init) triple is the same network
+on every machine and building fewer layers does not change the ones built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
+
+from rvgen.backbones import Backbone
+from rvgen.hookspecs import hookimpl
+from rvgen.params import Param
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg_layer_names(cfg: list) -> list[str]:
+    """Names of torchvision's VGG ``features`` modules in order, for a config list."""
+    names, block, conv = [], 1, 1
+    for v in cfg:
+        if v == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 1
+        else:
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+            conv += 1
+    return names
+
+
+def draw_conv_weight(shape: tuple[int, ...], init: str, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Random conv weights, drawn on the CPU so every machine gets the same numbers."""
+    fan_in = shape[1] * shape[2] * shape[3]
+    if init == "kaiming":  # He et al. 2015, normal, fan-in, ReLU gain: keeps activation scale
+        return torch.randn(shape, generator=generator) * math.sqrt(2.0 / fan_in)
+    if init == "normal":  # a fixed standard deviation, as in the paper's reproductions
+        return torch.randn(shape, generator=generator) * std
+    if init == "uniform":  # PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    raise ValueError(f"unknown init {init!r}")
+
+
+class RandomVGG(Backbone):
+    """Base of the random VGG backbones; subclasses pick the torchvision config."""
+
+    cfg_key = "E"
+    default_layers = {
+        "reconstruct": ["relu3_1"],
+        "content": ["relu4_2"],
+        "style": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
+    }
+    params = (
+        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
+        Param("init", str, "kaiming", "weight distribution", choices=("kaiming", "normal", "uniform")),
+        Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),
+        Param("pooling", str, "avg", "pooling layers: avg keeps deep layers invertible, max is VGG's own",
+              choices=("avg", "max")),
+        Param("normalize", str, "imagenet", "input normalisation before the first conv",
+              choices=("imagenet", "none")),
+    )
+
+    @classmethod
+    def layer_names(cls, options: Mapping[str, Any]) -> list[str]:
+        return vgg_layer_names(TORCHVISION_CFGS[cls.cfg_key])
+
+    def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
+        super().__init__(options, layers)
+        names = self.layer_names(options)
+        wanted = [n for n in layers if n in names]
+        depth = max((names.index(n) for n in wanted), default=len(names) - 1) + 1
+        self.names = names[:depth]
+        generator = torch.Generator().manual_seed(int(options["seed"]))
+        modules: list[nn.Module] = []
+        in_channels = 3
+        for v in TORCHVISION_CFGS[self.cfg_key]:
+            if len(modules) >= depth:
+                break
+            if v == "M":
+                pool = nn.AvgPool2d if options["pooling"] == "avg" else nn.MaxPool2d
+                modules.append(pool(kernel_size=2, stride=2))
+                continue
+            conv = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(draw_conv_weight(tuple(conv.weight.shape), options["init"], options["std"], generator))
+                conv.bias.zero_()
+            modules += [conv, nn.ReLU(inplace=False)]
+            in_channels = v
+        self.body = nn.ModuleList(modules[:depth])
+        mean = IMAGENET_MEAN if options["normalize"] == "imagenet" else (0.0, 0.0, 0.0)
+        std = IMAGENET_STD if options["normalize"] == "imagenet" else (1.0, 1.0, 1.0)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        wanted = set(layers)
+        out: dict[str, torch.Tensor] = {}
+        h = (x - self.mean) / self.std
+        for name, module in zip(self.names, self.body):
+            h = module(h)
+            if name in wanted:
+                out[name] = h
+                if len(out) == len(wanted):
+                    break
+        missing = wanted - out.keys()
+        if missing:
+            raise KeyError(f"layers not built: {sorted(missing)}")
+        return out
+
+
+class RandomVGG19(RandomVGG):
+    name = "random-vgg19"
+    description = "VGG-19 (torchvision) with seeded random weights: the paper's ranVGG"
+    cfg_key = "E"
+
+
+class RandomVGG16(RandomVGG):
+    name = "random-vgg16"
+    description = "VGG-16 (torchvision) with seeded random weights"
+    cfg_key = "D"
+
+
+@hookimpl
+def register_backbones(register):
+    register(RandomVGG19)
+    register(RandomVGG16)

@@ -1,0 +1,1 @@
+"""From a folder to outputs: plan jobs, run them, report progress."""

@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each carries a one-line message; the CLI prints it without a traceback."""
+
+
+class RvgenError(Exception):
+    """Base class: something the user can fix, described in one line."""
+
+    exit_code = 1
+
+
+class UsageError(RvgenError):
+    """Bad command-line input: a missing folder, an unknown device."""
+
+    exit_code = 2
+
+
+class RecipeError(UsageError):
+    """A recipe that cannot run: unknown key, wrong type, missing file, unknown plugin or layer."""
+
+
+class PluginError(UsageError):
+    """A plugin that cannot be loaded or clashes with another."""
+
+
+class ImageError(RvgenError):
+    """One image that cannot be read or written; the batch goes on without it."""
+
+
+class OptimizationError(RvgenError):
+    """The optimisation of one image failed (for example a NaN loss); the batch goes on."""

@@ -1,0 +1,133 @@
+"""Reading and writing images and sidecars.
+
+Every image enters rvgen here: files (EXIF orientation applied, any mode converted to RGB)
+and ``skimage:NAME`` sample images that scikit-image ships, so demos run offline. Every file
+rvgen writes leaves here too, through a temporary name and an atomic rename, so a killed run
+never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rvgen.errors import ImageError, RecipeError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+SAMPLE_PREFIX = "skimage:"
+# scikit-image's bundled images that make sense as photos, styles or textures.
+SAMPLES = (
+    "astronaut", "brick", "camera", "cat", "chelsea", "coffee", "colorwheel", "grass",
+    "gravel", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+)
+SAVE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_sample(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(SAMPLE_PREFIX)
+
+
+def check_sample(source: str, key: str) -> None:
+    name = source[len(SAMPLE_PREFIX):]
+    if name not in SAMPLES:
+        from rvgen.params import suggest
+
+        raise RecipeError(
+            f"{key}: unknown sample image {name!r}{suggest(name, SAMPLES)}; samples: {', '.join(SAMPLES)}"
+        )
+
+
+def _open(source: str | Path) -> Image.Image:
+    if is_sample(source):
+        from skimage import data
+
+        name = str(source)[len(SAMPLE_PREFIX):]
+        return Image.fromarray(np.asarray(getattr(data, name)()))
+    try:
+        with Image.open(source) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return img
+    except FileNotFoundError:
+        raise ImageError(f"{source}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{source}: not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise ImageError(f"{source}: cannot read image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, compositing transparency onto white and scaling 16-bit greys."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr / max(arr.max(), 1) * 255
+        img = Image.fromarray(arr.astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def fit_long_side(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is ``long_side``."""
+    w, h = size
+    scale = long_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def load_image(source: str | Path, long_side: int | None = None) -> torch.Tensor:
+    """An image as a float tensor (1, 3, H, W) in [0, 1], resized to ``long_side`` if given."""
+    img = to_rgb(_open(source))
+    if long_side is not None and max(img.size) != long_side:
+        img = img.resize(fit_long_side(img.size, long_side), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> an RGB PIL image."""
+    if image.dim() == 4:
+        image = image[0]
+    arr = (image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255.0).round()
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image(image: torch.Tensor, path: Path, fmt: str = "png", quality: int = 95) -> None:
+    """Write atomically: the file is either complete or absent."""
+    pil = to_pil(image)
+    options = {"quality": quality} if fmt in ("jpg", "webp") else {}
+    try:
+        _atomic_write(path, lambda f: pil.save(f, format=SAVE_FORMATS[fmt], **options))
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_json(data: Any, path: Path) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,216 @@
+"""Declared parameters: how plugins and the core say which recipe keys they take.
+
+A plugin lists its parameters as :class:`Param` objects. The recipe loader validates a
+recipe table against them (unknown keys, types, choices, ranges, files and layer names) and
+``rvgen plugins`` renders them as documentation, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rvgen.errors import RecipeError
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+"""Default of a parameter that a recipe must set."""
+
+# The kinds a parameter value can have beyond its Python type. The validator resolves
+# them using the context: ``path`` against the recipe's folder, ``layer``/``layers``
+# against the backbone's layer names, ``weighting`` against the layers of its term.
+KINDS = ("path", "layer", "layers", "weighting", "size", "loss")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One recipe key a plugin accepts.
+
+    ``type`` is the Python type of the value (``int``, ``float``, ``bool``, ``str``,
+    ``list``), ``kind`` adds meaning the validator checks (see :data:`KINDS`).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: Sequence[Any] | None = None
+    minimum: float | None = None
+    kind: str | None = None
+    nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"unknown parameter kind {self.kind!r}")
+
+    @property
+    def type_name(self) -> str:
+        if self.kind == "layers":
+            return "list of layers"
+        if self.kind == "weighting":
+            return '"auto" | "equal" | {layer = weight}'
+        if self.kind == "size":
+            return "int | [width, height]"
+        if self.kind in ("path", "layer", "loss"):
+            return self.kind
+        return self.type.__name__
+
+
+@dataclass
+class Context:
+    """What validation needs to know besides the values: where paths are relative to and
+    which layers exist. ``cwd_keys`` are key paths set with ``--set``, whose paths are
+    relative to the working folder rather than the recipe."""
+
+    base_dir: Path = field(default_factory=Path.cwd)
+    layers: Sequence[str] | None = None
+    backbone: str = ""
+    cwd_keys: frozenset[str] = frozenset()
+    losses: Sequence[str] | None = None
+
+
+def suggest(name: str, allowed: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest allowed name, or ''."""
+    close = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown(what: str, key: str, name: str, allowed: Iterable[str]) -> RecipeError:
+    allowed = sorted(allowed)
+    return RecipeError(
+        f"{key}: unknown {what} {name!r}{suggest(name, allowed)}; allowed: {', '.join(allowed)}"
+    )
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"
+
+
+def resolve_path(value: str, key: str, ctx: Context) -> str:
+    """An existing file, absolute; ``skimage:NAME`` sample images pass through unchanged."""
+    from rvgen import imageio  # local: params is imported by plugins before imageio's deps matter
+
+    if imageio.is_sample(value):
+        imageio.check_sample(value, key)
+        return value
+    base = Path.cwd() if key in ctx.cwd_keys else ctx.base_dir
+    path = (base / Path(value).expanduser()).resolve()
+    if not path.is_file():
+        raise RecipeError(f"{key}: file not found: {path}")
+    return str(path)
+
+
+def _check_layer(value: Any, key: str, ctx: Context) -> str:
+    if not isinstance(value, str):
+        raise RecipeError(f"{key}: expected a layer name, got {_describe(value)}")
+    if ctx.layers is not None and value not in ctx.layers and value != "pixels":
+        close = suggest(value, ctx.layers)
+        raise RecipeError(
+            f"{key}: unknown layer {value!r} for backbone {ctx.backbone}{close}; "
+            f"layers: {', '.join(ctx.layers)}, pixels"
+        )
+    return value
+
+
+def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
+    if p.kind == "path":
+        return resolve_path(value, key, ctx)
+    if p.kind == "loss":
+        if ctx.losses is not None and value not in ctx.losses:
+            raise unknown("loss", key, value, ctx.losses)
+        return value
+    if p.kind == "layer":
+        return _check_layer(value, key, ctx)
+    if p.kind == "layers":
+        if not value:
+            raise RecipeError(f"{key}: give at least one layer")
+        return [_check_layer(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if p.kind == "weighting":
+        if isinstance(value, str):
+            if value not in ("auto", "equal"):
+                raise unknown("weighting", key, value, ["auto", "equal"])
+            return value
+        if isinstance(value, dict):
+            out = {}
+            for layer, w in value.items():
+                _check_layer(layer, f"{key}.{layer}", ctx)
+                if not _type_ok(w, float) or w < 0:
+                    raise RecipeError(f"{key}.{layer}: expected a weight >= 0, got {_describe(w)}")
+                out[layer] = float(w)
+            return out
+        raise RecipeError(f"{key}: expected \"auto\", \"equal\" or a table of layer weights, got {_describe(value)}")
+    if p.kind == "size":
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 8:
+                raise RecipeError(f"{key}: must be at least 8, got {value}")
+            return value
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_type_ok(v, int) and v >= 8 for v in value)
+        ):
+            return list(value)
+        raise RecipeError(f"{key}: expected a size in pixels or [width, height], got {_describe(value)}")
+    return value
+
+
+def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
+    """Validate one value against its declaration; returns the normalised value."""
+    if value is None and p.nullable:
+        return None
+    if p.kind not in ("weighting", "size") and not _type_ok(value, p.type):
+        raise RecipeError(f"{key}: expected {p.type_name}, got {_describe(value)}")
+    if p.type is float and p.kind is None:
+        value = float(value)
+    if p.choices is not None and value not in p.choices:
+        raise unknown("value", key, value, [str(c) for c in p.choices])
+    if p.minimum is not None and value < p.minimum:
+        raise RecipeError(f"{key}: must be at least {p.minimum}, got {value}")
+    return _check_kind(p, value, key, ctx)
+
+
+def validate(
+    section: str,
+    values: Mapping[str, Any],
+    params: Sequence[Param],
+    ctx: Context,
+    extra: Callable[[str], bool] = lambda name: False,
+) -> dict[str, Any]:
+    """Check a recipe table against declared parameters and fill in defaults.
+
+    ``extra`` names keys handled elsewhere (such as ``name``) that are not errors.
+    """
+    by_name = {p.name: p for p in params}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if extra(name):
+            continue
+        if name not in by_name:
+            allowed = sorted(by_name) or ["(none)"]
+            raise RecipeError(
+                f"{section}.{name}: unknown key{suggest(name, by_name)}; allowed: {', '.join(allowed)}"
+            )
+        out[name] = check_value(by_name[name], value, f"{section}.{name}", ctx)
+    for p in params:
+        if p.name not in out:
+            if p.default is REQUIRED:
+                raise RecipeError(f"{section}.{p.name}: required ({p.help})")
+            out[p.name] = p.default
+    return out

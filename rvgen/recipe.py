@@ -1,0 +1,226 @@
+"""Recipes: TOML in, a validated :class:`Recipe` out, or one error line naming the key.
+
+Everything is checked before any work starts: unknown tables and keys (with the nearest
+name suggested), value types, choices, plugin names, layer names and files. Paths are
+relative to the recipe file; values given with ``--set`` are relative to the working folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from rvgen.engine.objective import Term
+from rvgen.engine.optimize import OptimizerConfig
+from rvgen.errors import RecipeError
+from rvgen.params import REQUIRED, Context, Param, suggest, unknown, validate
+from rvgen.plugins import Registry, get_registry
+
+SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
+
+OPTIMIZER_PARAMS = (
+    Param("name", str, "lbfgs", "optimiser of the pixels", choices=("lbfgs", "adam")),
+    Param("iterations", int, 300, "optimisation steps per image", minimum=1),
+    Param("lr", float, None, "step size (default: 1.0 for lbfgs, 0.02 for adam)", minimum=0.0, nullable=True),
+    Param("history", int, 50, "L-BFGS history size", minimum=1),
+    Param("line_search", bool, False, "L-BFGS strong-Wolfe line search (steadier, about 15% slower)"),
+)
+OUTPUT_PARAMS = (
+    Param("size", int, 512, "long side of the result in pixels; inputs are resized to it", minimum=8),
+    Param("format", str, "png", "file format of the results", choices=("png", "jpg", "webp")),
+    Param("quality", int, 95, "JPEG/WebP quality", minimum=1),
+)
+TERM_PARAMS = (
+    Param("loss", str, REQUIRED, "the loss plugin", kind="loss"),
+    Param("layers", list, REQUIRED, "layers it compares", kind="layers"),
+    Param("weight", float, 1.0, "weight of the term", minimum=0.0),
+    Param("target", str, "input", "image it compares with: input, a task reference (style) or none"),
+    Param("weighting", str, "equal", "auto, equal or a table of layer weights", kind="weighting"),
+    Param("name", str, None, "label in progress and sidecars (default: the loss name)", nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    task: dict[str, Any]
+    backbone: dict[str, Any]
+    optimizer: OptimizerConfig
+    output: dict[str, Any]
+    losses: dict[str, dict[str, Any]]
+    terms: tuple[Term, ...]
+    source: str = "<recipe>"
+    description: str = ""
+    variations: int = 1  # results per input, as the task says
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (defaults filled in, paths absolute)."""
+        return {
+            "description": self.description,
+            "task": self.task,
+            "backbone": self.backbone,
+            "optimizer": asdict(self.optimizer),
+            "output": self.output,
+            "losses": self.losses,
+            "terms": [asdict(t) for t in self.terms],
+        }
+
+    def digest(self) -> str:
+        """A hash of everything that changes results (not the description)."""
+        data = self.to_dict()
+        data.pop("description")
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML if it parses (numbers, booleans, arrays, quoted strings), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], frozenset[str]]:
+    """Apply ``key.path=value`` overrides; returns the new data and the keys set."""
+    data = copy.deepcopy(data)
+    keys = set()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.iterations=50")
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
+        node[parts[-1]] = parse_value(text.strip())
+        keys.add(key)
+    return data, frozenset(keys)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    data, cwd_keys = apply_overrides(data, overrides)
+    return parse_recipe(data, base_dir=path.resolve().parent, registry=registry, cwd_keys=cwd_keys,
+                        source=str(path))
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise RecipeError(f"{key}: expected a table ([{key}]), got {type(value).__name__}")
+    return value
+
+
+def parse_recipe(
+    data: Mapping[str, Any],
+    base_dir: Path | None = None,
+    registry: Registry | None = None,
+    cwd_keys: frozenset[str] = frozenset(),
+    source: str = "<recipe>",
+) -> Recipe:
+    """Validate recipe data (as parsed from TOML) into a :class:`Recipe`."""
+    registry = registry or get_registry()
+    for key in data:
+        if key not in SECTIONS:
+            raise RecipeError(f"{key}: unknown table{suggest(key, SECTIONS)}; allowed: {', '.join(SECTIONS)}")
+    ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"))
+
+    backbone_data = _table(data, "backbone")
+    backbone_name = backbone_data.get("name", "random-vgg19")
+    backbone = registry.get("backbone", backbone_name, "backbone.name").cls
+    backbone_opts = validate("backbone", backbone_data, backbone.params, ctx, extra=lambda k: k == "name")
+    ctx.layers = backbone.layer_names(backbone_opts)
+    ctx.backbone = backbone_name
+
+    losses: dict[str, dict[str, Any]] = {}
+    for loss_name, opts in _table(data, "losses").items():
+        loss = registry.get("loss", loss_name, f"losses.{loss_name}").cls
+        if not isinstance(opts, dict):
+            raise RecipeError(f"losses.{loss_name}: expected a table of the loss's options")
+        losses[loss_name] = validate(f"losses.{loss_name}", opts, loss.params, ctx)
+
+    task_data = _table(data, "task")
+    if "name" not in task_data:
+        raise RecipeError(f"task.name: required; installed tasks: {', '.join(registry.names('task'))}")
+    task_cls = registry.get("task", task_data["name"], "task.name").cls
+    task_opts = validate("task", task_data, task_cls.params, ctx, extra=lambda k: k == "name")
+    task = task_cls(task_opts, backbone.default_layers)
+
+    terms = _parse_terms(data.get("terms", []), task, ctx)
+    for term in task.terms():
+        _check_term(term, registry, "task")
+    for i, term in enumerate(terms):
+        _check_term(term, registry, f"terms[{i}]")
+
+    optimizer = validate("optimizer", _table(data, "optimizer"), OPTIMIZER_PARAMS, ctx)
+    output = validate("output", _table(data, "output"), OUTPUT_PARAMS, ctx)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise RecipeError("description: expected a string")
+    return Recipe(
+        task={"name": task_cls.name, **task_opts},
+        backbone={"name": backbone_name, **backbone_opts},
+        optimizer=OptimizerConfig(**optimizer),
+        output=output,
+        losses=losses,
+        terms=tuple(terms),
+        source=source,
+        description=description,
+        variations=task.variations(),
+    )
+
+
+def _parse_terms(items: Any, task: Any, ctx: Context) -> list[Term]:
+    """Extra objective terms from ``[[terms]]`` tables, added to the task's own."""
+    if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
+        raise RecipeError("terms: expected an array of tables ([[terms]])")
+    targets = ["input", "none", *task.references()]
+    terms = []
+    for i, item in enumerate(items):
+        opts = validate(f"terms[{i}]", item, TERM_PARAMS, ctx)
+        if opts["target"] not in targets:
+            raise unknown("target", f"terms[{i}].target", opts["target"], targets)
+        terms.append(Term(
+            name=opts["name"] or opts["loss"],
+            loss=opts["loss"],
+            layers=tuple(opts["layers"]),
+            weight=opts["weight"],
+            target=None if opts["target"] == "none" else opts["target"],
+            weighting=opts["weighting"],
+        ))
+    return terms
+
+
+def _check_term(term: Term, registry: Registry, where: str) -> None:
+    loss = registry.get("loss", term.loss, f"{where}.loss").cls
+    if loss.needs_target and term.target is None:
+        raise RecipeError(f"{where}.target: loss {term.loss!r} compares with an image; set target = \"input\"")
+    if isinstance(term.weighting, dict) and set(term.weighting) != set(term.layers):
+        missing = sorted(set(term.layers) - set(term.weighting))
+        extra = sorted(set(term.weighting) - set(term.layers))
+        detail = f"no weight for {', '.join(missing)}" if missing else f"weights for layers not used: {', '.join(extra)}"
+        raise RecipeError(f"{where}.weighting: {detail}")

@@ -1,0 +1,59 @@
+"""Tasks turn a recipe's options into an objective, a starting image and an output size."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from rvgen.engine.objective import Term
+from rvgen.params import Param
+
+
+def white_noise(shape: tuple[int, int], generator: torch.Generator, amplitude: float = 0.1) -> torch.Tensor:
+    """Mid-grey plus uniform white noise, (1, 3, H, W), drawn on the CPU from ``generator``."""
+    h, w = shape
+    return 0.5 + amplitude * (torch.rand((1, 3, h, w), generator=generator) * 2 - 1)
+
+
+class Task:
+    """Base class of task plugins.
+
+    A task reads its validated options and the backbone's class (whose ``default_layers``
+    fill layer options the recipe leaves out), and says:
+
+    - :meth:`references`: images besides the input that its terms compare with, as
+      ``{name: (path or sample, long side in pixels or None for the output size)}``;
+    - :meth:`terms`: the objective, as :class:`~rvgen.engine.Term` objects;
+    - :meth:`canvas`: the size of the result, given the input at the output size;
+    - :meth:`init`: the starting image;
+    - :meth:`variations`: how many different results to make per input.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, options: Mapping[str, Any], default_layers: Mapping[str, list[str]]):
+        self.options = dict(options)
+        self.default_layers = default_layers
+
+    def layers_option(self, key: str, role: str) -> list[str]:
+        value = self.options.get(key)
+        return list(value) if value else list(self.default_layers[role])
+
+    def references(self) -> dict[str, tuple[str, int | None]]:
+        return {}
+
+    def terms(self) -> list[Term]:
+        raise NotImplementedError
+
+    def variations(self) -> int:
+        return 1
+
+    def canvas(self, content: torch.Tensor) -> tuple[int, int]:
+        return tuple(content.shape[-2:])
+
+    def init(self, content: torch.Tensor, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        return white_noise(shape, generator)
