@@ -77,10 +77,37 @@ class Context:
     losses: Sequence[str] | None = None
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and
+    transpositions of neighbours each cost 1 (so 'vgg91' is one edit from 'vgg19')."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 def suggest(name: str, allowed: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest allowed name, or ''."""
-    close = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """' (did you mean 'x'?)' for the closest allowed name, or ''.
+
+    Fewest edits wins, then the most similar; remaining ties go to the name listed first,
+    so 'relu3_l' suggests 'relu3_1' rather than 'relu3_4'.
+    """
+    name = str(name).lower()
+    best, best_key = None, None
+    for candidate in allowed:
+        other = str(candidate).lower()
+        distance = edit_distance(name, other)
+        ratio = difflib.SequenceMatcher(None, name, other).ratio()
+        if distance > max(2, len(name) // 3) and ratio < 0.6:
+            continue
+        key = (distance, -ratio)
+        if best_key is None or key < best_key:
+            best, best_key = candidate, key
+    return f" (did you mean {best!r}?)" if best is not None else ""
 
 
 def unknown(what: str, key: str, name: str, allowed: Iterable[str]) -> RecipeError:

@@ -10,6 +10,7 @@ uses that so whatever happens to be installed does not leak in).
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.metadata
 import os
 from collections.abc import Iterable
@@ -154,10 +155,18 @@ def _load() -> tuple[Registry, list[str]]:
     return _cache
 
 
+def describe_plugin(plugin: Any) -> str:
+    """A readable name for a plugin object registered through the API."""
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def registry_with(plugins: Iterable[Any] = (), entry_points: bool = False) -> Registry:
     """A registry of the built-ins plus the given plugin objects (for tests and embedding)."""
     pm, sources, _ = make_plugin_manager(entry_points=entry_points)
     for plugin in plugins:
         pm.register(plugin)
-        sources[id(plugin)] = pm.get_name(plugin)
+        sources[id(plugin)] = describe_plugin(plugin)
     return Registry(pm, sources)

@@ -175,6 +175,9 @@ def parse_recipe(
         _check_term(term, registry, "task")
     for i, term in enumerate(terms):
         _check_term(term, registry, f"terms[{i}]")
+    for term in [*task.terms(), *terms]:  # every loss used gets its defaults filled in
+        if term.loss not in losses:
+            losses[term.loss] = validate(f"losses.{term.loss}", {}, registry.get("loss", term.loss, "loss").cls.params, ctx)
 
     optimizer = validate("optimizer", _table(data, "optimizer"), OPTIMIZER_PARAMS, ctx)
     output = validate("output", _table(data, "output"), OUTPUT_PARAMS, ctx)
