@@ -10,9 +10,10 @@ uses that so whatever happens to be installed does not leak in).
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.metadata
+import inspect
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -93,14 +94,23 @@ class Registry:
             raise unknown(kind, key, name, self.names(kind)) from None
 
 
+def normalize_name(name: str) -> str:
+    """Distribution names compare as pip compares them: case and -_. do not matter."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _wanted_entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[str]]:
     setting = os.environ.get(ENV_VAR)
     eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     if setting is None:
         return eps, []
-    wanted = {s.strip() for s in setting.split(",") if s.strip()}
-    chosen = [ep for ep in eps if ep.name in wanted or (ep.dist and ep.dist.name in wanted)]
-    found = {ep.name for ep in chosen} | {ep.dist.name for ep in chosen if ep.dist}
+    wanted = {normalize_name(s.strip()) for s in setting.split(",") if s.strip()}
+
+    def names(ep: importlib.metadata.EntryPoint) -> set[str]:
+        return {normalize_name(ep.name)} | ({normalize_name(ep.dist.name)} if ep.dist else set())
+
+    chosen = [ep for ep in eps if names(ep) & wanted]
+    found = set().union(*(names(ep) for ep in chosen)) if chosen else set()
     missing = [f"{ENV_VAR} names {name!r}, which is not installed" for name in sorted(wanted - found)]
     return chosen, missing
 
@@ -122,13 +132,19 @@ def make_plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager
     if entry_points:
         chosen, warnings = _wanted_entry_points()
         for ep in chosen:
-            if pm.get_plugin(ep.name) is not None:
-                continue
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.name
+            if pm.has_plugin(ep.name):
+                warnings.append(f"plugin {ep.name!r} ({dist}) skipped: {sources.get(id(pm.get_plugin(ep.name)))} "
+                                "uses the same entry-point name")
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the tool down
                 warnings.append(f"plugin {ep.name!r} ({dist}) failed to load: {type(exc).__name__}: {exc}")
+                continue
+            if pm.is_registered(plugin):
+                warnings.append(f"plugin {ep.name!r} ({dist}) skipped: its module is already registered as "
+                                f"{pm.get_name(plugin)!r}")
                 continue
             pm.register(plugin, name=ep.name)
             sources[id(plugin)] = dist

@@ -45,7 +45,8 @@ TERM_PARAMS = (
     Param("loss", str, REQUIRED, "the loss plugin", kind="loss"),
     Param("layers", list, REQUIRED, "layers it compares", kind="layers"),
     Param("weight", float, 1.0, "weight of the term", minimum=0.0),
-    Param("target", str, "input", "image it compares with: input, a task reference (style) or none"),
+    Param("target", str, None, "image it compares with: input, a task reference (style) or none "
+          "(default: input, or none for losses without a target such as tv)", nullable=True),
     Param("weighting", str, "equal", "auto, equal or a table of layer weights", kind="weighting"),
     Param("name", str, None, "label in progress and sidecars (default: the loss name)", nullable=True),
 )
@@ -170,7 +171,7 @@ def parse_recipe(
     task_opts = validate("task", task_data, task_cls.params, ctx, extra=lambda k: k == "name")
     task = task_cls(task_opts, backbone.default_layers)
 
-    terms = _parse_terms(data.get("terms", []), task, ctx)
+    terms = _parse_terms(data.get("terms", []), task, ctx, registry)
     for term in task.terms():
         _check_term(term, registry, "task")
     for i, term in enumerate(terms):
@@ -197,7 +198,7 @@ def parse_recipe(
     )
 
 
-def _parse_terms(items: Any, task: Any, ctx: Context) -> list[Term]:
+def _parse_terms(items: Any, task: Any, ctx: Context, registry: Registry) -> list[Term]:
     """Extra objective terms from ``[[terms]]`` tables, added to the task's own."""
     if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
         raise RecipeError("terms: expected an array of tables ([[terms]])")
@@ -205,6 +206,8 @@ def _parse_terms(items: Any, task: Any, ctx: Context) -> list[Term]:
     terms = []
     for i, item in enumerate(items):
         opts = validate(f"terms[{i}]", item, TERM_PARAMS, ctx)
+        if opts["target"] is None:
+            opts["target"] = "input" if registry.get("loss", opts["loss"], f"terms[{i}].loss").cls.needs_target else "none"
         if opts["target"] not in targets:
             raise unknown("target", f"terms[{i}].target", opts["target"], targets)
         terms.append(Term(
@@ -222,6 +225,8 @@ def _check_term(term: Term, registry: Registry, where: str) -> None:
     loss = registry.get("loss", term.loss, f"{where}.loss").cls
     if loss.needs_target and term.target is None:
         raise RecipeError(f"{where}.target: loss {term.loss!r} compares with an image; set target = \"input\"")
+    if not loss.needs_target and term.target is not None:
+        raise RecipeError(f"{where}.target: loss {term.loss!r} compares with no image; set target = \"none\"")
     if isinstance(term.weighting, dict) and set(term.weighting) != set(term.layers):
         missing = sorted(set(term.layers) - set(term.weighting))
         extra = sorted(set(term.weighting) - set(term.layers))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from rvgen.backbones.vgg import RandomVGG16, RandomVGG19
+from rvgen.backbones.vgg import VGG_CFGS, RandomVGG16, RandomVGG19
 
 OPTIONS = {"seed": 0, "init": "kaiming", "std": 0.015, "pooling": "avg", "normalize": "imagenet"}
 
@@ -26,6 +26,7 @@ def test_layer_names_follow_the_literature():
 
 @pytest.mark.parametrize(("cls", "key"), [(RandomVGG19, "E"), (RandomVGG16, "D")])
 def test_modules_match_torchvision_features_index_for_index(cls, key):
+    assert VGG_CFGS[key] == cfgs[key]
     ours = build(cls, layers=[cls.layer_names(OPTIONS)[-1]], pooling="max")
     theirs = make_layers(cfgs[key])
     assert len(ours.body) == len(theirs)

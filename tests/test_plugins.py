@@ -136,6 +136,10 @@ def test_entry_points_load_unless_the_environment_says_otherwise(installed_plugi
     assert "abs-diff" in Registry(pm, sources).names("loss")
     assert warnings == [f"{ENV_VAR} names 'nonexistent', which is not installed"]
 
+    monkeypatch.setenv(ENV_VAR, "RVGEN_L1")  # names compare as pip compares them
+    pm, sources, warnings = make_plugin_manager()
+    assert "abs-diff" in Registry(pm, sources).names("loss") and warnings == []
+
     monkeypatch.setenv(ENV_VAR, "l1")  # by entry-point name
     pm, sources, _ = make_plugin_manager()
     assert "abs-diff" in Registry(pm, sources).names("loss")

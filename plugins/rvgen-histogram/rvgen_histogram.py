@@ -65,12 +65,11 @@ class HistogramLoss(Loss):
     """Squared error between sorted channel values (1-D optimal transport), relative to the target's."""
 
     name = "histogram"
-    description = ("histogram matching per channel (Risser et al. 2017) as sorted 1-D optimal transport; "
-                   "on pixels it matches colours, on features activation distributions; position-free")
+    description = "per-channel histogram matching (Risser et al. 2017) by sorting; on pixels it matches colours"
     params = (
         Param("projections", int, 0,
-              "0: one histogram per channel; K > 0: histograms of K fixed random directions of the channels "
-              "(sliced Wasserstein), which also keeps how channels vary together",
+              "0: a histogram per channel; K > 0: along K fixed random directions (sliced Wasserstein), "
+              "which also keeps channel combinations",
               minimum=0),
     )
 

@@ -15,11 +15,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
 
 from rvgen.backbones import Backbone
 from rvgen.hookspecs import hookimpl
 from rvgen.params import Param
+
+# torchvision.models.vgg.cfgs["D"] and ["E"], copied so that listing layers (validating a
+# recipe, ``rvgen plugins``) does not import torchvision; a test checks they stay equal.
+VGG_CFGS = {
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +78,7 @@ class RandomVGG(Backbone):
 
     @classmethod
     def layer_names(cls, options: Mapping[str, Any]) -> list[str]:
-        return vgg_layer_names(TORCHVISION_CFGS[cls.cfg_key])
+        return vgg_layer_names(VGG_CFGS[cls.cfg_key])
 
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
         super().__init__(options, layers)
@@ -83,7 +89,7 @@ class RandomVGG(Backbone):
         generator = torch.Generator().manual_seed(int(options["seed"]))
         modules: list[nn.Module] = []
         in_channels = 3
-        for v in TORCHVISION_CFGS[self.cfg_key]:
+        for v in VGG_CFGS[self.cfg_key]:
             if len(modules) >= depth:
                 break
             if v == "M":

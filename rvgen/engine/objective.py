@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ class Term:
     weight: float = 1.0
     target: str | None = "input"
     weighting: str | Mapping[str, float] = "equal"
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Objective(nn.Module):

@@ -31,7 +31,7 @@ class Loss(nn.Module):
 
     def __init__(self, **options: Any):
         super().__init__()
-        self.options = options
+        self.options = {**{p.name: p.default for p in self.params}, **options}
 
     def prepare(self, features: torch.Tensor) -> Any:
         return features.detach()
