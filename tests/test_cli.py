@@ -178,3 +178,24 @@ def test_internal_errors_show_a_traceback_only_with_verbose(tmp_path, photos, mo
     assert "Traceback" not in quiet.output
     loud = run("-v", "run", path, "-i", photos, "-o", tmp_path / "out")
     assert "Traceback" in loud.output
+
+
+def test_rich_display_on_a_terminal_shows_batch_and_image_progress(tmp_path, photos):
+    import io
+
+    from rich.console import Console
+
+    from rvgen.batch.jobs import plan_jobs
+    from rvgen.batch.progress import RichReporter
+    from rvgen.batch.runner import run_batch
+    from rvgen.recipe import load_recipe
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120, color_system=None)
+    parsed = load_recipe(recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 3, 16))
+    summary = run_batch(parsed, plan_jobs(str(photos), tmp_path / "out"), RichReporter(console, "out"))
+    text = buffer.getvalue()
+    assert summary.exit_code == 0 and len(summary.done) == 2
+    assert "batch" in text and "2/2" in text, text  # the batch bar, done / total
+    assert "done cat.jpg -> " in text and "loss " in text  # each image as it finishes
+    assert "2 done, 0 failed" in text
