@@ -22,7 +22,7 @@ def error(data, **kwargs) -> str:
 def test_a_four_line_recipe_fills_sensible_defaults():
     recipe = parse_recipe({"task": {"name": "reconstruct"}})
     assert recipe.backbone["name"] == "random-vgg19"
-    assert recipe.backbone["init"] == "kaiming" and recipe.backbone["pooling"] == "avg"
+    assert recipe.backbone["init"] == "uniform" and recipe.backbone["pooling"] == "avg"
     assert recipe.optimizer.name == "lbfgs" and recipe.optimizer.iterations == 300
     assert recipe.output["size"] == 512 and recipe.output["format"] == "png"
     assert recipe.task["layer"] is None  # resolved to the backbone's default by the task

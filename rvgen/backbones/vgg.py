@@ -63,12 +63,13 @@ class RandomVGG(Backbone):
     cfg_key = "E"
     default_layers = {
         "reconstruct": ["relu3_1"],
-        "content": ["relu4_2"],
+        "content": ["relu2_1", "relu4_2"],
         "style": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
     }
     params = (
         Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
-        Param("init", str, "kaiming", "weight distribution", choices=("kaiming", "normal", "uniform")),
+        Param("init", str, "uniform", "weight distribution (uniform: PyTorch's default conv init, best in our measurements)",
+              choices=("uniform", "kaiming", "normal")),
         Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),
         Param("pooling", str, "avg", "pooling layers: avg keeps deep layers invertible, max is VGG's own",
               choices=("avg", "max")),

@@ -63,48 +63,54 @@ def optimize(
     """
     start = time.perf_counter()
     x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+    losses: list[float] = []
+
+    def evaluate(opt: torch.optim.Optimizer, iteration: int) -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        total, _ = objective(x)
+        loss = total.sum()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise OptimizationError(f"the loss became {value} at iteration {iteration}")
+        loss.backward()
+        losses.append(value)
+        if callback is not None:
+            callback(Progress(min(iteration, config.iterations), config.iterations, value))
+        return loss.detach()
+
     if config.name == "lbfgs":
+        # One step() runs every iteration: L-BFGS keeps its line search and curvature state
+        # consistent only within a call. The closure reports progress per evaluation.
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
             [x],
             lr=config.learning_rate,
-            max_iter=1,  # one iteration per step(), so progress is reported per iteration
+            max_iter=config.iterations,
+            max_eval=config.iterations * (2 if config.line_search else 1) + 1,
             history_size=config.history,
             line_search_fn="strong_wolfe" if config.line_search else None,
             tolerance_grad=0.0,
             tolerance_change=0.0,
         )
+        opt.step(lambda: evaluate(opt, opt.state[x].get("n_iter", 0) + 1))
+        iterations = opt.state[x].get("n_iter", 0)
     elif config.name == "adam":
         opt = torch.optim.Adam([x], lr=config.learning_rate)
-    else:
-        raise ValueError(f"unknown optimizer {config.name!r}")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=False)
-        total, _ = objective(x)
-        loss = total.sum()
-        loss.backward()
-        return loss.detach()
-
-    initial = None
-    for i in range(config.iterations):
-        loss = float(opt.step(closure))
-        if not math.isfinite(loss):
-            raise OptimizationError(f"the loss became {loss} at iteration {i + 1}")
-        if initial is None:
-            initial = loss
-        if config.name == "adam":
+        for i in range(config.iterations):
+            evaluate(opt, i + 1)
+            opt.step()
             with torch.no_grad():
                 x.clamp_(0, 1)
-        if callback is not None:
-            callback(Progress(i + 1, config.iterations, loss))
+        iterations = config.iterations
+    else:
+        raise ValueError(f"unknown optimizer {config.name!r}")
     final, parts = _total(objective, x.detach())
     if not math.isfinite(final):
         raise OptimizationError(f"the final loss is {final}")
     return Result(
         image=x.detach().clamp(0, 1),
         loss=final,
-        initial_loss=initial if initial is not None else final,
+        initial_loss=losses[0] if losses else final,
         parts=parts,
-        iterations=config.iterations,
+        iterations=iterations,
         seconds=time.perf_counter() - start,
     )
