@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 import rvgen
 from rvgen.errors import RvgenError, UsageError
@@ -134,6 +135,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List the installed backbones, losses and tasks, where they come from, and their options."""
+    from rvgen.params import REQUIRED
     from rvgen.plugins import get_registry
 
     _warn_plugin_problems()
@@ -146,7 +148,8 @@ def plugins(as_json: bool) -> None:
                     "source": e.source,
                     "description": e.description,
                     "params": [
-                        {"name": p.name, "type": p.type_name, "default": p.default if p.default is not None else None,
+                        {"name": p.name, "type": p.type_name, "default": None if p.default is REQUIRED else p.default,
+                         "required": p.default is REQUIRED,
                          "help": p.help, "choices": list(p.choices) if p.choices else None}
                         for p in e.params
                     ],
@@ -162,13 +165,20 @@ def plugins(as_json: bool) -> None:
     for kind in ("task", "backbone", "loss"):
         console.print(f"[bold underline]{titles[kind]}[/]")
         for entry in sorted(registry.entries[kind].values(), key=lambda e: e.name):
-            console.print(f"  [bold cyan]{entry.name}[/]  [dim]({escape(entry.source)})[/]  {escape(entry.description)}",
-                          highlight=False)
+            console.print(f"\n[bold cyan]{entry.name}[/]  [dim]({escape(entry.source)})[/]", highlight=False)
+            console.print(f"  {escape(entry.description)}", highlight=False)
+            if not entry.params:
+                continue
+            table = Table(box=None, show_header=False, padding=(0, 1, 0, 3), expand=False)
+            table.add_column(style="green", no_wrap=True)
+            table.add_column(no_wrap=True)
+            table.add_column(style="dim", no_wrap=True)
+            table.add_column()
             for p in entry.params:
-                default = "required" if repr(p.default) == "required" else ("-" if p.default is None else json.dumps(p.default))
-                choices = f" one of {', '.join(map(str, p.choices))};" if p.choices else ""
-                console.print(f"      [green]{p.name}[/] = {default}  [dim]{escape(p.type_name)}[/]  {escape(choices)} {escape(p.help)}",
-                              highlight=False, markup=True)
+                default = "required" if p.default is REQUIRED else ("-" if p.default is None else json.dumps(p.default))
+                choices = f"one of {', '.join(map(str, p.choices))}; " if p.choices else ""
+                table.add_row(p.name, f"= {default}", p.type_name, choices + p.help)
+            console.print(table)
         console.print()
 
 

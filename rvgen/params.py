@@ -56,7 +56,7 @@ class Param:
         if self.kind == "layers":
             return "list of layers"
         if self.kind == "weighting":
-            return '"auto" | "equal" | {layer = weight}'
+            return "auto|equal|table"
         if self.kind == "size":
             return "int | [width, height]"
         if self.kind in ("path", "layer", "loss"):

@@ -64,6 +64,12 @@ def test_style_with_a_style_image_relative_to_the_recipe(tmp_path, photos, style
     assert result.exit_code == 0, result.output
     side = json.loads((out / "cat.png.json").read_text())
     assert set(side["loss"]["terms"]) == {"content", "style"}
+    noisy = run("run", recipe(tmp_path, task), "-i", photos / "cat.jpg", "-o", tmp_path / "noisy",
+                "--set", "task.init=noise", "--set", "task.tv_weight=0.1")
+    assert noisy.exit_code == 0, noisy.output
+    side = json.loads((tmp_path / "noisy" / "cat.png.json").read_text())
+    assert set(side["loss"]["terms"]) == {"content", "style", "tv"}
+    assert side["loss"]["final"] < side["loss"]["initial"]
 
 
 def test_a_corrupt_image_fails_alone_with_one_line_and_no_traceback(tmp_path, photos):

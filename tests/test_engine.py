@@ -145,3 +145,24 @@ def test_seeded_runs_are_reproducible_and_variations_differ():
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     assert math.isfinite(float(a.sum()))
+
+
+def test_explicit_layer_weights_are_used_as_given_and_auto_is_left_alone():
+    terms = [Term("texture", "gram", ("relu1_1", "relu2_1"), weighting={"relu1_1": 0.25, "relu2_1": 2.0})]
+    obj = Objective(vgg(layers=("relu2_1",)), terms, [GramLoss()])
+    obj.set_targets({"input": sample("brick", 24)})
+    obj.auto_weight(torch.rand(1, 3, 24, 24))
+    assert obj.layer_weights[0] == {"relu1_1": 0.25, "relu2_1": 2.0}
+    x = torch.rand(1, 3, 24, 24)
+    per_layer = obj.layer_losses(x)
+    total, parts = obj(x)
+    expected = 0.25 * per_layer[(0, "relu1_1")] + 2.0 * per_layer[(0, "relu2_1")]
+    assert torch.allclose(total, expected) and torch.allclose(parts["texture"], expected)
+
+
+def test_texture_size_as_a_long_side_keeps_the_exemplars_aspect():
+    recipe = parse_recipe({"task": {"name": "texture", "layers": ["relu1_1"], "size": 30},
+                           "optimizer": {"iterations": 2}, "output": {"size": 24}})
+    synth = Synthesizer(recipe, "cpu")
+    synth.set_references({})
+    assert synth.run(sample("rocket", 24)).image.shape[-2:] == (20, 30)  # rocket is 427 x 640
