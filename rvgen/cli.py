@@ -88,7 +88,8 @@ def resolve_device(spec: str) -> str:
     return str(device)
 
 
-@cli.command()
+@cli.command(epilog="Exit status: 0 all images done, 1 some failed (the others were done), "
+                     "2 usage or recipe error, 130 interrupted.")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-i", "--input", "input_spec", metavar="PATH",
               help="Folder (searched recursively), image file, or skimage:NAME[,NAME...]. "

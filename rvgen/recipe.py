@@ -34,7 +34,7 @@ OPTIMIZER_PARAMS = (
     Param("iterations", int, 300, "optimisation steps per image", minimum=1),
     Param("lr", float, None, "step size (default: 1.0 for lbfgs, 0.02 for adam)", minimum=0.0, nullable=True),
     Param("history", int, 50, "L-BFGS history size", minimum=1),
-    Param("line_search", bool, False, "L-BFGS strong-Wolfe line search (steadier, about 15% slower)"),
+    Param("line_search", bool, True, "L-BFGS strong-Wolfe line search: without it, starts from noise can stall"),
 )
 OUTPUT_PARAMS = (
     Param("size", int, 512, "long side of the result in pixels; inputs are resized to it", minimum=8),

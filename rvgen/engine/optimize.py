@@ -21,7 +21,7 @@ class OptimizerConfig:
     iterations: int = 300
     lr: float | None = None
     history: int = 50
-    line_search: bool = False
+    line_search: bool = True
 
     @property
     def learning_rate(self) -> float:
