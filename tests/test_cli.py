@@ -205,3 +205,24 @@ def test_rich_display_on_a_terminal_shows_batch_and_image_progress(tmp_path, pho
     assert "batch" in text and "2/2" in text, text  # the batch bar, done / total
     assert "done cat.jpg -> " in text and "loss " in text  # each image as it finishes
     assert "2 done, 0 failed" in text
+
+
+def test_interrupting_a_batch_keeps_finished_outputs_and_exits_130(tmp_path, photos, monkeypatch):
+    from rvgen.engine.synth import Synthesizer
+
+    original, calls = Synthesizer.run, []
+
+    def run_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Synthesizer, "run", run_then_interrupt)
+    out = tmp_path / "out"
+    result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 2, 16),
+                 "-i", photos, "-o", out)
+    assert result.exit_code == 130
+    assert "interrupted: 1 done, 0 failed, 1 not started" in result.output
+    assert (out / "cat.png").is_file() and (out / "cat.png.json").is_file()
+    assert not (out / "trip").exists() and not list(out.rglob("*.tmp"))
