@@ -76,6 +76,17 @@ class Recipe:
             "terms": [asdict(t) for t in self.terms],
         }
 
+    def options(self, section: str) -> dict[str, Any]:
+        """The validated options of the ``task`` or ``backbone`` table, without its ``name``."""
+        return {k: v for k, v in getattr(self, section).items() if k != "name"}
+
+    def build_task(self, registry: Registry | None = None) -> Any:
+        """The task plugin instance this recipe describes, with its backbone's default layers."""
+        registry = registry or get_registry()
+        backbone = registry.get("backbone", self.backbone["name"], "backbone.name").cls
+        task_cls = registry.get("task", self.task["name"], "task.name").cls
+        return task_cls(self.options("task"), backbone.default_layers)
+
     def digest(self) -> str:
         """A hash of everything that changes results (not the description)."""
         data = self.to_dict()
@@ -172,11 +183,12 @@ def parse_recipe(
     task = task_cls(task_opts, backbone.default_layers)
 
     terms = _parse_terms(data.get("terms", []), task, ctx, registry)
-    for term in task.terms():
+    task_terms = task.terms()
+    for term in task_terms:
         _check_term(term, registry, "task")
     for i, term in enumerate(terms):
         _check_term(term, registry, f"terms[{i}]")
-    for term in [*task.terms(), *terms]:  # every loss used gets its defaults filled in
+    for term in [*task_terms, *terms]:  # every loss used gets its defaults filled in
         if term.loss not in losses:
             losses[term.loss] = validate(f"losses.{term.loss}", {}, registry.get("loss", term.loss, "loss").cls.params, ctx)
 

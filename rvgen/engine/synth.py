@@ -26,14 +26,11 @@ class Synthesizer:
         self.recipe = recipe
         self.device = torch.device(device)
         backbone_cls = registry.get("backbone", recipe.backbone["name"], "backbone.name").cls
-        task_cls = registry.get("task", recipe.task["name"], "task.name").cls
-        task_opts = {k: v for k, v in recipe.task.items() if k != "name"}
-        self.task = task_cls(task_opts, backbone_cls.default_layers)
+        self.task = recipe.build_task(registry)
         terms = list(self.task.terms()) + list(recipe.terms)
         losses = [registry.get("loss", t.loss, "loss").cls(**recipe.losses.get(t.loss, {})) for t in terms]
-        backbone_opts = {k: v for k, v in recipe.backbone.items() if k != "name"}
         layers = {layer for t in terms for layer in t.layers}
-        backbone = backbone_cls(backbone_opts, layers).eval().requires_grad_(False)
+        backbone = backbone_cls(recipe.options("backbone"), layers).eval().requires_grad_(False)
         self.objective = Objective(backbone, terms, losses).to(self.device)
 
     def references(self) -> dict[str, tuple[str, int]]:
