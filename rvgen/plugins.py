@@ -26,7 +26,10 @@ from rvgen.params import Param, unknown
 
 ENTRY_POINT_GROUP = "rvgen"
 ENV_VAR = "RVGEN_LOAD_PLUGINS"
-BUILTIN_MODULES = ("rvgen.backbones.vgg", "rvgen.losses.builtin", "rvgen.tasks.builtin")
+BUILTIN_MODULES = (
+    "rvgen.backbones.vgg", "rvgen.backbones.resnet", "rvgen.backbones.trained",
+    "rvgen.losses.builtin", "rvgen.tasks.builtin",
+)
 BUILTIN_SOURCE = "rvgen (built-in)"
 
 # kind -> (hook name, base class path); the base classes are imported lazily because

@@ -30,6 +30,11 @@ class Backbone(nn.Module):
     params: ClassVar[tuple[Param, ...]] = ()
     default_layers: ClassVar[dict[str, list[str]]] = {}
     """Layers tasks use when a recipe names none, by role: ``content``, ``style``, ``reconstruct``."""
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Named option sets, for ``NAME:VARIANT`` in ``rvgen compare --backbones`` (e.g. ``random-vgg19:stacked``)."""
+    layer_aliases: ClassVar[dict[str, str]] = {}
+    """VGG layer names mapped to this backbone's nearest equivalent, so ``rvgen compare --layers relu3_1``
+    can line up backbones with different layer names."""
 
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
         super().__init__()

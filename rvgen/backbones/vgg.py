@@ -57,8 +57,13 @@ def draw_conv_weight(shape: tuple[int, ...], init: str, std: float, generator: t
     raise ValueError(f"unknown init {init!r}")
 
 
-class RandomVGG(Backbone):
-    """Base of the random VGG backbones; subclasses pick the torchvision config."""
+POOLING = Param("pooling", str, "avg", "pooling layers: avg keeps deep layers invertible, max is VGG's own",
+                choices=("avg", "max"))
+
+
+class VGGFeatures(Backbone):
+    """The VGG ``features`` stack, built up to the deepest requested layer; subclasses set
+    its conv weights (random draws, a stacked selection, or trained weights)."""
 
     cfg_key = "E"
     default_layers = {
@@ -66,16 +71,6 @@ class RandomVGG(Backbone):
         "content": ["relu2_1", "relu4_2"],
         "style": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
     }
-    params = (
-        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
-        Param("init", str, "uniform", "weight distribution (uniform: PyTorch's default conv init, best in our measurements)",
-              choices=("uniform", "kaiming", "normal")),
-        Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),
-        Param("pooling", str, "avg", "pooling layers: avg keeps deep layers invertible, max is VGG's own",
-              choices=("avg", "max")),
-        Param("normalize", str, "imagenet", "input normalisation before the first conv",
-              choices=("imagenet", "none")),
-    )
 
     @classmethod
     def layer_names(cls, options: Mapping[str, Any]) -> list[str]:
@@ -87,7 +82,6 @@ class RandomVGG(Backbone):
         wanted = [n for n in layers if n in names]
         depth = max((names.index(n) for n in wanted), default=len(names) - 1) + 1
         self.names = names[:depth]
-        generator = torch.Generator().manual_seed(int(options["seed"]))
         modules: list[nn.Module] = []
         in_channels = 3
         for v in VGG_CFGS[self.cfg_key]:
@@ -97,17 +91,17 @@ class RandomVGG(Backbone):
                 pool = nn.AvgPool2d if options["pooling"] == "avg" else nn.MaxPool2d
                 modules.append(pool(kernel_size=2, stride=2))
                 continue
-            conv = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(draw_conv_weight(tuple(conv.weight.shape), options["init"], options["std"], generator))
-                conv.bias.zero_()
-            modules += [conv, nn.ReLU(inplace=False)]
+            modules += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
             in_channels = v
         self.body = nn.ModuleList(modules[:depth])
-        mean = IMAGENET_MEAN if options["normalize"] == "imagenet" else (0.0, 0.0, 0.0)
-        std = IMAGENET_STD if options["normalize"] == "imagenet" else (1.0, 1.0, 1.0)
+        mean = IMAGENET_MEAN if options.get("normalize", "imagenet") == "imagenet" else (0.0, 0.0, 0.0)
+        std = IMAGENET_STD if options.get("normalize", "imagenet") == "imagenet" else (1.0, 1.0, 1.0)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def convs(self) -> list[tuple[int, nn.Conv2d]]:
+        """(index in ``body`` and torchvision's ``features``, module) of every conv built, in order."""
+        return [(i, m) for i, m in enumerate(self.body) if isinstance(m, nn.Conv2d)]
 
     def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)
@@ -123,6 +117,45 @@ class RandomVGG(Backbone):
         if missing:
             raise KeyError(f"layers not built: {sorted(missing)}")
         return out
+
+
+class RandomVGG(VGGFeatures):
+    """Base of the random VGG backbones; subclasses pick the torchvision config.
+
+    With ``stacked_candidates`` >= 2 the weights are the paper's *stacked* ranVGG, chosen
+    greedily layer by layer (see :mod:`rvgen.backbones.stacked`) and cached on disk.
+    """
+
+    variants = {"stacked": {"stacked_candidates": 4}, "max": {"pooling": "max"}}
+    params = (
+        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
+        Param("init", str, "uniform", "weight distribution (uniform: PyTorch's default conv init, best in our measurements)",
+              choices=("uniform", "kaiming", "normal")),
+        Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),
+        POOLING,
+        Param("normalize", str, "imagenet", "input normalisation before the first conv",
+              choices=("imagenet", "none")),
+        Param("stacked_candidates", int, 0, "stacked ranVGG: weight sets tried per conv layer, keeping the one that "
+              "reconstructs stacked_reference best (0 or 1: plain random weights)", minimum=0),
+        Param("stacked_reference", str, "skimage:astronaut", "stacked ranVGG: the image the candidates reconstruct",
+              kind="path"),
+        Param("stacked_iterations", int, 50, "stacked ranVGG: L-BFGS iterations per candidate reconstruction",
+              minimum=1),
+        Param("stacked_size", int, 128, "stacked ranVGG: long side of the reference in pixels", minimum=16),
+    )
+
+    def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
+        super().__init__(options, layers)
+        generator = torch.Generator().manual_seed(int(options["seed"]))
+        with torch.no_grad():
+            for _, conv in self.convs():
+                conv.weight.copy_(draw_conv_weight(tuple(conv.weight.shape), options["init"], options["std"], generator))
+                conv.bias.zero_()
+        self.stack_record = None
+        if options.get("stacked_candidates", 0) >= 2:
+            from rvgen.backbones.stacked import stack
+
+            self.stack_record = stack(self, options)
 
 
 class RandomVGG19(RandomVGG):
