@@ -183,6 +183,71 @@ def plugins(as_json: bool) -> None:
         console.print()
 
 
+@cli.command(epilog="Exit status: 0 done, 1 a result failed, 2 usage or recipe error.")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-i", "--input", "input_spec", metavar="PATH",
+              help="Folder, image file, or skimage:NAME[,NAME...]. Default: scikit-image's sample photos.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the contact sheet, metrics.csv, summary.csv, metrics.json and results/.")
+@click.option("--backbones", metavar="SPECS",
+              help="Comma list of NAME[:VARIANT|:KEY=VALUE], e.g. random-vgg19,random-vgg19:stacked,"
+                   "random-resnet50. Default: the recipe's.")
+@click.option("--layers", metavar="LAYERS",
+              help="Reconstruct: comma list of layers, one column each (VGG names map to a ResNet's equivalents).")
+@click.option("--seeds", metavar="SEEDS", help="Comma list of backbone seeds, one column each.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (as in run).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
+def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str | None, layers: str | None,
+            seeds: str | None, overrides: tuple[str, ...], device: str, quiet: bool) -> None:
+    """Run RECIPE's task over the same inputs per backbone x seed x layer; write a sheet and metrics."""
+    import time
+
+    from rvgen import compare as cmp
+    from rvgen.batch.jobs import DEFAULT_SAMPLES, find_inputs
+    from rvgen.plugins import get_registry
+    from rvgen.recipe import read_recipe_data
+
+    _warn_plugin_problems()
+    try:
+        seed_list = [int(s) for s in cmp.split_list(seeds)]
+    except ValueError:
+        raise UsageError(f"--seeds {seeds}: expected a comma list of integers, e.g. 0,1,2") from None
+    data, cwd_keys = read_recipe_data(recipe, overrides)
+    columns, recipes = cmp.plan_columns(data, cmp.split_list(backbones), cmp.split_list(layers), seed_list,
+                                        get_registry(), recipe.resolve().parent, cwd_keys, str(recipe))
+    found, _ = find_inputs(input_spec or DEFAULT_SAMPLES, exclude=output)
+    if not found:
+        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
+    inputs = cmp.input_names(found)
+    device = resolve_device(device)
+    console = Console()
+    total = len(columns) * len(inputs)
+    if not quiet:
+        console.print(f"{len(columns)} column(s) x {len(inputs)} input(s) on {device}", highlight=False)
+
+    def report(comparison, outcome) -> None:
+        if quiet:
+            return
+        done = len(comparison.outcomes)
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in outcome.scores.items())
+        console.print(f"[{done}/{total}] {escape(comparison.columns[outcome.column].label)} | "
+                      f"{escape(outcome.input)}: {scores} ({outcome.seconds:.1f} s)", highlight=False)
+
+    start = time.perf_counter()
+    comparison = cmp.run_comparison(columns, recipes, inputs, device, on_result=report)
+    wall = time.perf_counter() - start
+    paths = cmp.write_outputs(comparison, output, {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES,
+                                                   "device": device, "wall_seconds": wall})
+    summary = comparison.summary()
+    console.print(cmp.summary_table(comparison, summary))
+    pivot = cmp.layer_table(comparison, summary)
+    if pivot is not None:
+        console.print(pivot)
+    console.print(f"wall time {wall:.0f} s; sheet {paths['sheet']}, tables {paths['summary']}, {paths['csv']}, "
+                  f"{paths['json']}", highlight=False)
+
+
 def main() -> None:
     cli(prog_name="rvgen")
 

@@ -125,6 +125,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dic
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Recipe:
     path = Path(path)
+    data, cwd_keys = read_recipe_data(path, overrides)
+    return parse_recipe(data, base_dir=path.resolve().parent, registry=registry, cwd_keys=cwd_keys,
+                        source=str(path))
+
+
+def read_recipe_data(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], frozenset[str]]:
+    """A recipe file's TOML with ``--set`` overrides applied, not yet validated, and the keys set."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -135,9 +142,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
-    data, cwd_keys = apply_overrides(data, overrides)
-    return parse_recipe(data, base_dir=path.resolve().parent, registry=registry, cwd_keys=cwd_keys,
-                        source=str(path))
+    return apply_overrides(data, overrides)
 
 
 def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
