@@ -1,0 +1,158 @@
+"""``rvgen compare`` and the metrics it reports."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import png_size, sample, write_recipe, write_sample
+
+from rvgen import imageio, metrics
+from rvgen.cli import cli
+from rvgen.compare import parse_backbone_spec, plan_columns, run_comparison
+from rvgen.errors import UsageError
+from rvgen.plugins import registry_with
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# ---- metrics -----------------------------------------------------------------------------
+
+def test_metrics_of_an_image_against_itself_and_against_noise():
+    x = sample("astronaut", 48)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    assert metrics.psnr(x, x) == metrics.PSNR_CAP
+    assert metrics.psnr(noise, x) < 12
+    assert 20 < metrics.psnr((x + 0.02).clamp(0, 1), x) < 40
+    assert metrics.ssim(x, x) == pytest.approx(1.0)
+    assert metrics.ssim(noise, x) < 0.2
+    assert metrics.colour_distance(x, x) == 0.0
+    assert metrics.colour_distance(torch.zeros_like(x), torch.ones_like(x)) == pytest.approx(1.0)
+    assert metrics.colour_distance(x, x.flip(-1)) == pytest.approx(0.0, abs=1e-12)  # same colours, moved
+    assert metrics.structure_distance(x, x) == 0.0
+    evaluator = metrics.GramEvaluator()
+    assert evaluator.distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert evaluator.distance(noise, x) > 10 * evaluator.distance(x.flip(-1), x)
+
+
+def test_structure_distance_sees_layout_that_local_statistics_miss():
+    """Stripes of period 8 against the same pixels in shuffled 4x4 tiles: same colours and
+    local content, no long-range period. The structure distance tells them apart far more
+    than two crops of the same stripes."""
+    y = torch.arange(64).view(1, 1, 64, 1).expand(1, 3, 64, 64).float()
+    stripes = ((y % 8) < 4).float() * 0.8 + 0.1
+    shifted = torch.roll(stripes, shifts=3, dims=-2)
+    tiles = stripes.unfold(2, 4, 4).unfold(3, 4, 4).reshape(1, 3, 256, 4, 4)
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+    shuffled = tiles[:, :, order].reshape(1, 3, 16, 16, 4, 4).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 64, 64)
+    assert metrics.colour_distance(shuffled, stripes) < 0.01
+    same = metrics.structure_distance(shifted, stripes)
+    broken = metrics.structure_distance(shuffled, stripes)
+    assert broken > 5 * same and broken > 0.1
+
+
+# ---- backbone specs and columns ----------------------------------------------------------
+
+def test_backbone_specs_map_variants_and_options():
+    registry = registry_with()
+    assert parse_backbone_spec("random-vgg19", registry) == ("random-vgg19", {})
+    assert parse_backbone_spec("random-vgg19:stacked", registry) == ("random-vgg19", {"stacked_candidates": 4})
+    assert parse_backbone_spec("random-resnet50:softmax:temperature=0.5", registry) == (
+        "random-resnet50", {"softmax": True, "temperature": 0.5})
+    with pytest.raises(Exception, match=r"unknown backbone 'random-vgg91' \(did you mean 'random-vgg19'\?\)"):
+        parse_backbone_spec("random-vgg91", registry)
+    with pytest.raises(UsageError, match="has no variant 'stacke' \\(did you mean 'stacked'\\?\\); variants: max, stacked"):
+        parse_backbone_spec("random-vgg19:stacke", registry)
+    with pytest.raises(UsageError, match="random-resnet50 has no option 'pooling'"):
+        parse_backbone_spec("random-resnet50:pooling=avg", registry)
+
+
+def test_columns_map_vgg_layers_to_resnet_equivalents(tmp_path):
+    registry = registry_with()
+    data = {"task": {"name": "reconstruct"}, "backbone": {"name": "random-vgg19", "pooling": "max"},
+            "output": {"size": 32}}
+    columns, recipes = plan_columns(data, ["random-vgg19", "random-resnet18"], ["relu1_1", "relu3_1"], [0, 2],
+                                    registry, tmp_path)
+    assert [c.label for c in columns] == [
+        "random-vgg19 seed 0 relu1_1", "random-vgg19 seed 0 relu3_1", "random-vgg19 seed 2 relu1_1",
+        "random-vgg19 seed 2 relu3_1", "random-resnet18 seed 0 relu1_1=stem", "random-resnet18 seed 0 relu3_1=layer2.0",
+        "random-resnet18 seed 2 relu1_1=stem", "random-resnet18 seed 2 relu3_1=layer2.0"]
+    assert recipes[0].backbone["pooling"] == "max"  # the recipe's own backbone options are kept for it
+    assert recipes[5].task["layer"] == "layer2.0" and recipes[7].backbone["seed"] == 2
+    with pytest.raises(UsageError, match="--layers applies to the reconstruct task"):
+        plan_columns({"task": {"name": "texture"}}, [], ["relu1_1"], [], registry, tmp_path)
+    with pytest.raises(UsageError, match="backbone random-resnet18 has no such layer and no equivalent"):
+        plan_columns(data, ["random-resnet18"], ["relu3_3"], [], registry, tmp_path)
+
+
+# ---- the command -------------------------------------------------------------------------
+
+def test_compare_writes_a_sheet_and_tables_consistent_with_the_images(tmp_path):
+    photos = tmp_path / "photos"
+    write_sample(photos / "cat.png", "chelsea", 32)
+    write_sample(photos / "coffee.png", "coffee", 32)
+    recipe = write_recipe(tmp_path / "r.toml", '[task]\nname = "reconstruct"\n[optimizer]\niterations = 4\n'
+                                                '[output]\nsize = 32\n')
+    out = tmp_path / "cmp"
+    result = run("compare", recipe, "--input", photos, "--output", out, "--backbones", "random-vgg19,random-resnet18",
+                 "--layers", "relu1_1,relu4_1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "PSNR dB by layer" in result.output and "relu4_1=layer3.0" in result.output
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 2 * 4 and {r["input"] for r in rows} == {"cat", "coffee"}
+    for row in rows:  # each score matches the saved PNG (up to 8-bit rounding)
+        image = imageio.load_image(out / "results" / row["column"].replace(" ", "_") / f"{row['input']}.png")
+        source = imageio.load_image(photos / f"{row['input']}.png", 32)
+        assert float(row["psnr"]) == pytest.approx(metrics.psnr(image, source), abs=0.3)
+        assert float(row["ssim"]) == pytest.approx(metrics.ssim(image, source), abs=0.02)
+    psnr = {(r["column"], r["input"]): float(r["psnr"]) for r in rows}
+    # relu1_1 of the random VGG keeps almost everything after 4 steps; relu4_1 does not.
+    assert all(psnr[("random-vgg19 relu1_1", n)] > psnr[("random-vgg19 relu4_1", n)] + 5 for n in ("cat", "coffee"))
+
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["task"] == "reconstruct" and len(data["columns"]) == 4 and len(data["results"]) == 8
+    summary = {row["column"]: row for row in data["summary"]}
+    first = summary["random-vgg19 relu1_1"]["psnr"]
+    values = [psnr[("random-vgg19 relu1_1", n)] for n in ("cat", "coffee")]
+    assert first["n"] == 2 and first["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert first["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
+    delta = summary["random-resnet18 relu4_1=layer3.0"]["delta"]
+    assert delta["baseline"] == "random-vgg19 relu4_1"
+    assert delta["mean"] == pytest.approx(
+        summary["random-resnet18 relu4_1=layer3.0"]["psnr"]["mean"] - summary["random-vgg19 relu4_1"]["psnr"]["mean"],
+        abs=1e-4)
+    assert (out / "summary.csv").read_text().count("\n") == 1 + 4
+
+    width, height = png_size(out / "sheet.png")
+    assert width >= 5 * 64 and height >= 2 * 64  # input + 4 columns, 2 rows
+
+
+def test_compare_texture_scores_against_the_input(tmp_path):
+    registry = registry_with()
+    data = {"task": {"name": "texture"}, "optimizer": {"iterations": 3}, "output": {"size": 32}}
+    columns, recipes = plan_columns(data, ["random-resnet18"], [], [], registry, tmp_path)
+    assert recipes[0].task["layers"] is None  # the ResNet's own style layers
+    x = sample("brick", 32)
+    comparison = run_comparison(columns, recipes, [("skimage:brick", "brick")], registry=registry)
+    (outcome,) = comparison.outcomes
+    assert set(outcome.scores) == {"gram", "structure", "colour"}
+    evaluator = metrics.GramEvaluator()
+    assert outcome.scores["gram"] == pytest.approx(evaluator.distance(outcome.image, x), rel=1e-4)
+    assert outcome.scores["colour"] == pytest.approx(metrics.colour_distance(outcome.image, x))
+
+
+def test_compare_bad_input_is_one_line(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", '[task]\nname = "reconstruct"\n')
+    result = run("compare", recipe, "--output", tmp_path / "o", "--backbones", "random-resnet50:stacked")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: --backbones random-resnet50:stacked: random-resnet50 has no variant")
+    assert result.output.count("\n") == 1
+    result = run("compare", recipe, "--output", tmp_path / "o", "--seeds", "a,b")
+    assert result.exit_code == 2 and "--seeds a,b: expected a comma list of integers" in result.output
+    result = run("compare", recipe, "--output", tmp_path / "o", "--input", tmp_path / "missing")
+    assert result.exit_code == 2 and "no such file or folder" in result.output
