@@ -170,6 +170,7 @@ def parse_recipe(
     backbone_name = backbone_data.get("name", "random-vgg19")
     backbone = registry.get("backbone", backbone_name, "backbone.name").cls
     backbone_opts = validate("backbone", backbone_data, backbone.params, ctx, extra=lambda k: k == "name")
+    backbone.check(backbone_opts)
     ctx.layers = backbone.layer_names(backbone_opts)
     ctx.backbone = backbone_name
 

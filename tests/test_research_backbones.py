@@ -231,3 +231,10 @@ def test_stacked_cache_survives_a_corrupt_file(tmp_path, monkeypatch):
     record.path.write_bytes(b"garbage")
     again = RandomVGG19(options, ["relu1_1"])
     assert again.stack_record.built == 1 and again.stack_record.chosen == record.chosen
+
+
+def test_missing_trained_weights_stop_a_recipe_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    err = pytest.raises(RecipeError, parse_recipe, {"task": {"name": "reconstruct"},
+                                                    "backbone": {"name": "trained-vgg19"}}).value
+    assert "weights not found at" in str(err) and WEIGHTS_URL in str(err)

@@ -44,6 +44,11 @@ class Backbone(nn.Module):
     def layer_names(cls, options: Mapping[str, Any]) -> list[str]:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        """Raise a one-line :class:`~rvgen.errors.RecipeError` if the backbone cannot be built with
+        these validated options (a missing weights file), cheaply, before any work starts."""
+
     def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

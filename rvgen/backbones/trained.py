@@ -29,14 +29,23 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
-def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """A checkpoint's tensors, or one line saying why the file is not a vgg19 state dict."""
+def weights_path(options: Mapping[str, Any]) -> Path:
+    return Path(options["weights"]) if options.get("weights") else default_weights_path()
+
+
+def check_weights_file(path: Path) -> None:
+    """One line saying where to put the weights and how to get them, if they are not there."""
     if not path.is_file():
         raise RecipeError(
             f"backbone trained-vgg19: weights not found at {path}; download {WEIGHTS_URL} to that path "
             "(or run python -c \"import torchvision; torchvision.models.vgg19(weights='IMAGENET1K_V1')\" "
             "where there is network), or set backbone.weights to the file"
         )
+
+
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """A checkpoint's tensors, or one line saying why the file is not a vgg19 state dict."""
+    check_weights_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -60,9 +69,13 @@ class TrainedVGG19(VGGFeatures):
         POOLING,
     )
 
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> None:
+        check_weights_file(weights_path(options))
+
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
         super().__init__({**options, "normalize": "imagenet"}, layers)
-        path = Path(options["weights"]) if options.get("weights") else default_weights_path()
+        path = weights_path(options)
         state = read_state_dict(path)
         with torch.no_grad():
             for index, conv in self.convs():
