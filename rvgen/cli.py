@@ -227,6 +227,7 @@ def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str |
         console.print(f"{len(columns)} column(s) x {len(inputs)} input(s) on {device}", highlight=False)
 
     def report(comparison, outcome) -> None:
+        cmp.write_result(comparison, outcome, output)
         if quiet:
             return
         done = len(comparison.outcomes)

@@ -290,8 +290,18 @@ def run_comparison(
     return comparison
 
 
+def result_path(comparison: Comparison, outcome: Outcome, output: Path) -> Path:
+    return output / "results" / comparison.columns[outcome.column].slug / f"{outcome.input}.png"
+
+
+def write_result(comparison: Comparison, outcome: Outcome, output: Path) -> None:
+    """One result PNG, written as soon as it is made so a long comparison can be watched."""
+    imageio.save_image(outcome.image, result_path(comparison, outcome, output))
+
+
 def write_outputs(comparison: Comparison, output: Path, meta: dict[str, Any]) -> dict[str, Path]:
-    """Result PNGs, the contact sheet, metrics.csv (one row per result), summary.csv and metrics.json."""
+    """Every result PNG (again, if :func:`write_result` already did), the contact sheet,
+    metrics.csv (one row per result), summary.csv and metrics.json."""
     import csv
     import io
 
@@ -299,7 +309,7 @@ def write_outputs(comparison: Comparison, output: Path, meta: dict[str, Any]) ->
 
     output.mkdir(parents=True, exist_ok=True)
     for o in comparison.outcomes:
-        imageio.save_image(o.image, output / "results" / comparison.columns[o.column].slug / f"{o.input}.png")
+        write_result(comparison, o, output)
     names = [short for _, short in comparison.inputs]
     by_cell = {(o.input, o.column): o for o in comparison.outcomes}
     headline = comparison.metric_names[0]
