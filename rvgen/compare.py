@@ -166,13 +166,17 @@ def parse_backbone_spec(spec: str, registry: Registry) -> tuple[str, dict[str, A
     return name, options
 
 
-def _map_layer(layer: str, cls: Any, options: dict[str, Any], spec: str) -> str:
-    names = cls.layer_names(options)
+def _map_layer(layer: str, cls: Any, options: dict[str, Any], spec: str, strict: bool = True) -> str:
+    """The backbone's name for ``layer``: itself, or its declared equivalent. Unknown layers are
+    an error when ``strict`` (``--layers``), else left for the recipe's validation to report."""
+    names = cls.layer_names({p.name: p.default for p in cls.params} | options)
     if layer in names or layer == "pixels":
         return layer
     alias = getattr(cls, "layer_aliases", {}).get(layer)
     if alias is not None and alias in names:
         return alias
+    if not strict:
+        return layer
     raise UsageError(f"--layers {layer}: backbone {spec} has no such layer and no equivalent"
                      f"{suggest(layer, names)}; its layers: {', '.join(names)}")
 
@@ -215,10 +219,10 @@ def plan_columns(
                 for key in LAYER_KEYS:  # VGG layer names in the recipe, mapped for other backbones
                     value = task_data.get(key)
                     if isinstance(value, str) and not (layer is not None and key == "layer"):
-                        task_data[key] = _map_layer(value, cls, backbone, spec)
+                        task_data[key] = _map_layer(value, cls, backbone, spec, strict=False)
                     elif isinstance(value, list):
-                        task_data[key] = [_map_layer(v, cls, backbone, spec) if isinstance(v, str) else v
-                                          for v in value]
+                        task_data[key] = [_map_layer(v, cls, backbone, spec, strict=False) if isinstance(v, str)
+                                          else v for v in value]
                 try:
                     recipe = parse_recipe(recipe_data, base_dir=base_dir, registry=registry, cwd_keys=cwd_keys,
                                           source=source)
@@ -226,6 +230,10 @@ def plan_columns(
                     raise RecipeError(f"--backbones {spec}: {exc}") from None
                 columns.append(Column(spec, name, options, seed, layer, actual))
                 recipes.append(recipe)
+    labels = [c.label for c in columns]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise UsageError(f"compare: the column {twice[0]!r} is asked for twice; list each backbone, layer and seed once")
     return columns, recipes
 
 

@@ -87,6 +87,13 @@ def test_columns_map_vgg_layers_to_resnet_equivalents(tmp_path):
         plan_columns({"task": {"name": "texture"}}, [], ["relu1_1"], [], registry, tmp_path)
     with pytest.raises(UsageError, match="backbone random-resnet18 has no such layer and no equivalent"):
         plan_columns(data, ["random-resnet18"], ["relu3_3"], [], registry, tmp_path)
+    with pytest.raises(UsageError, match="'random-vgg19 relu1_1' is asked for twice"):
+        plan_columns(data, ["random-vgg19", "random-vgg19"], ["relu1_1"], [], registry, tmp_path)
+    style = {"task": {"name": "style", "style": "skimage:brick", "style_layers": ["relu1_1", "relu3_1"],
+                      "content_layers": ["relu4_2"]}}
+    _, (vgg, resnet) = plan_columns(style, ["random-vgg19", "random-resnet50"], [], [], registry, tmp_path)
+    assert vgg.task["style_layers"] == ["relu1_1", "relu3_1"]
+    assert resnet.task["style_layers"] == ["stem", "layer2.0"] and resnet.task["content_layers"] == ["layer3.1"]
 
 
 # ---- the command -------------------------------------------------------------------------
