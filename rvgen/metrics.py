@@ -9,10 +9,10 @@ All take (1, 3, H, W) tensors in [0, 1] and return a float.
   score is not the loss that was optimised.
 - :func:`colour_distance`: how far the colour distributions are apart (per-channel
   Wasserstein-1 distance, in units of the [0, 1] pixel range).
-- :func:`structure_distance`: what Gram matrices do not see, large-scale layout. It compares
-  the images' autocorrelation at long lags (an eighth to a half of the image), where a brick
-  wall's running bond or a grid's period shows up and a texture that only matches local
-  statistics does not.
+- :func:`structure_distance`: what Gram matrices do not see, large-scale regularity. It
+  compares how strongly each image correlates with itself at long distances (an eighth to a
+  half of the image), where a brick wall's courses or a grid's period show up and a texture
+  that only matches local statistics does not.
 """
 
 from __future__ import annotations
@@ -95,13 +95,25 @@ def autocorrelation(image: torch.Tensor, size: int = STRUCTURE_SIZE) -> torch.Te
 
 
 def structure_distance(result: torch.Tensor, reference: torch.Tensor, size: int = STRUCTURE_SIZE) -> float:
-    """RMS difference of the autocorrelations at lags between size/8 and size/2 (long range)."""
+    """How differently the two images repeat at long range.
+
+    For every whole-pixel distance from size/8 to size/2, the strongest positive and negative
+    autocorrelation at that distance (in any direction) form a profile; the result is the
+    RMS difference of the two profiles. A brick wall has strong peaks at the brick and
+    course spacings, white noise none, a texture that matches only local statistics weak
+    ones. Taking the extremes per distance makes it blind to where and in which direction
+    a peak lies, so two crops of one wall at slightly different angles still match (a
+    lag-by-lag comparison penalised them more than noise).
+    """
     a, b = autocorrelation(result, size), autocorrelation(reference, size)
     n = a.shape[0]
     lags = torch.arange(n, dtype=torch.float64) - n // 2
-    radius = (lags[:, None] ** 2 + lags[None, :] ** 2).sqrt()
-    mask = (radius >= size / 8) & (radius <= size / 2)
-    return float((a - b)[mask].pow(2).mean().sqrt())
+    radius = (lags[:, None] ** 2 + lags[None, :] ** 2).sqrt().round()
+    diffs = []
+    for r in range(math.ceil(size / 8), size // 2 + 1):
+        ring = radius == r
+        diffs += [a[ring].max() - b[ring].max(), a[ring].min() - b[ring].min()]
+    return float(torch.stack(diffs).pow(2).mean().sqrt())
 
 
 class GramEvaluator:
