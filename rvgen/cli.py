@@ -183,7 +183,8 @@ def plugins(as_json: bool) -> None:
         console.print()
 
 
-@cli.command(epilog="Exit status: 0 done, 1 a result failed, 2 usage or recipe error.")
+@cli.command(epilog="Exit status: 0 done, 1 a result failed (the comparison stops there), 2 usage or recipe "
+                     "error, 130 interrupted. Results made so far are in --output/results.")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-i", "--input", "input_spec", metavar="PATH",
               help="Folder, image file, or skimage:NAME[,NAME...]. Default: scikit-image's sample photos.")
