@@ -65,7 +65,7 @@ def test_backbone_specs_map_variants_and_options():
         "random-resnet50", {"softmax": True, "temperature": 0.5})
     with pytest.raises(Exception, match=r"unknown backbone 'random-vgg91' \(did you mean 'random-vgg19'\?\)"):
         parse_backbone_spec("random-vgg91", registry)
-    with pytest.raises(UsageError, match="has no variant 'stacke' \\(did you mean 'stacked'\\?\\); variants: max, stacked"):
+    with pytest.raises(UsageError, match="has no variant 'stacke' \\(did you mean 'stacked'\\?\\); variants: max, stacked, stacked-pixels"):
         parse_backbone_spec("random-vgg19:stacke", registry)
     with pytest.raises(UsageError, match="random-resnet50 has no option 'pooling'"):
         parse_backbone_spec("random-resnet50:pooling=avg", registry)

@@ -183,11 +183,12 @@ def test_trained_vgg19_refuses_wrong_files(vgg_weights, tmp_path):
 
 # ---- stacked ranVGG ----------------------------------------------------------------------
 
-def test_stacked_construction_keeps_the_lowest_loss_candidate_and_caches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("criterion", ["features", "pixels"])
+def test_stacked_construction_keeps_the_lowest_loss_candidate_and_caches(tmp_path, monkeypatch, criterion):
     monkeypatch.setenv("RVGEN_CACHE_DIR", str(tmp_path / "cache"))
     reference = write_sample(tmp_path / "ref.png", "astronaut", 16)
     options = defaults(RandomVGG19, stacked_candidates=2, stacked_reference=str(reference), stacked_iterations=4,
-                       stacked_size=16, seed=5)
+                       stacked_size=16, seed=5, stacked_criterion=criterion)
     net = RandomVGG19(options, ["relu1_2"])
     record = net.stack_record
     assert record.built == 2 and record.layers == ["relu1_1", "relu1_2"]
@@ -202,7 +203,7 @@ def test_stacked_construction_keeps_the_lowest_loss_candidate_and_caches(tmp_pat
         for weight in candidates:
             with torch.no_grad():
                 conv.weight.copy_(weight)
-            losses.append(reconstruction_loss(plain, plain.names[index + 1], ref, 4))
+            losses.append(reconstruction_loss(plain, plain.names[index + 1], ref, 4, criterion))
         best = min(range(2), key=losses.__getitem__)
         assert losses == pytest.approx(record.losses[n], rel=1e-5)
         assert record.chosen[n] == best

@@ -3,7 +3,9 @@
 For each conv layer in forward order, several candidate weight sets are drawn; with each,
 a reference image is reconstructed from that layer's ReLU (white noise in, L-BFGS on the
 scale-free content loss), and the candidate with the lowest final loss is kept before the
-next layer is chosen. Candidate 0 is always the plain network's own draw for that layer,
+next layer is chosen. ``stacked_criterion`` says which loss: the content loss the
+reconstruction minimised (``features``, the paper's wording) or the pixel error of the
+reconstruction against the reference (``pixels``). Candidate 0 is always the plain network's own draw for that layer,
 so a stacked network differs from the plain one (same seed) only where another draw
 reconstructed the reference better. Candidate k >= 1 of conv layer l comes from a CPU
 generator seeded with (seed, l, k), so the choice is reproducible and independent of how
@@ -59,8 +61,10 @@ def candidate_weight(shape: tuple[int, ...], options: dict[str, Any], conv_index
     return draw_conv_weight(shape, options["init"], options["std"], generator)
 
 
-def reconstruction_loss(backbone: torch.nn.Module, layer: str, reference: torch.Tensor, iterations: int) -> float:
-    """Final content loss of reconstructing ``reference`` from ``layer`` of ``backbone``, from fixed noise."""
+def reconstruction_loss(backbone: torch.nn.Module, layer: str, reference: torch.Tensor, iterations: int,
+                        criterion: str = "features") -> float:
+    """How badly ``reference`` comes back from ``layer`` of ``backbone`` (L-BFGS from fixed noise):
+    the final content loss (``features``), or the mean squared pixel error (``pixels``)."""
     from rvgen.engine.objective import Objective, Term
     from rvgen.engine.optimize import OptimizerConfig, optimize
     from rvgen.losses.builtin import ContentLoss
@@ -69,7 +73,10 @@ def reconstruction_loss(backbone: torch.nn.Module, layer: str, reference: torch.
     objective = Objective(backbone, [Term("content", "content", (layer,))], [ContentLoss()])
     objective.set_targets({"input": reference})
     x0 = white_noise(tuple(reference.shape[-2:]), torch.Generator().manual_seed(0))
-    return optimize(objective, x0, OptimizerConfig(iterations=iterations)).loss
+    result = optimize(objective, x0, OptimizerConfig(iterations=iterations))
+    if criterion == "pixels":
+        return float((result.image - reference).double().pow(2).mean())
+    return result.loss
 
 
 def cache_key(backbone: Any, options: dict[str, Any], reference: torch.Tensor) -> str:
@@ -81,6 +88,9 @@ def cache_key(backbone: Any, options: dict[str, Any], reference: torch.Tensor) -
         "cfg": backbone.cfg_key,
         **{k: options[k] for k in ("seed", "init", "pooling", "normalize", "stacked_candidates",
                                    "stacked_iterations", "stacked_size")},
+        # absent from version-1 keys when features, so caches made before the option stay valid
+        **({"criterion": options["stacked_criterion"]}
+           if options.get("stacked_criterion", "features") != "features" else {}),
         "std": options["std"] if options["init"] == "normal" else None,
         "reference": hashlib.sha256(image).hexdigest(),
         "reference_shape": list(reference.shape),
@@ -130,7 +140,8 @@ def stack(backbone: Any, options: dict[str, Any]) -> StackRecord:
         for weight in candidates:
             with torch.no_grad():
                 conv.weight.copy_(weight)
-            losses.append(reconstruction_loss(backbone, layer, reference, options["stacked_iterations"]))
+            losses.append(reconstruction_loss(backbone, layer, reference, options["stacked_iterations"],
+                                              options.get("stacked_criterion", "features")))
         best = min(range(len(losses)), key=losses.__getitem__)
         with torch.no_grad():
             conv.weight.copy_(candidates[best])

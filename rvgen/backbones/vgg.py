@@ -126,7 +126,11 @@ class RandomVGG(VGGFeatures):
     greedily layer by layer (see :mod:`rvgen.backbones.stacked`) and cached on disk.
     """
 
-    variants = {"stacked": {"stacked_candidates": 4}, "max": {"pooling": "max"}}
+    variants = {
+        "stacked": {"stacked_candidates": 4},
+        "stacked-pixels": {"stacked_candidates": 4, "stacked_criterion": "pixels"},
+        "max": {"pooling": "max"},
+    }
     params = (
         Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
         Param("init", str, "uniform", "weight distribution (uniform: PyTorch's default conv init, best in our measurements)",
@@ -142,6 +146,8 @@ class RandomVGG(VGGFeatures):
         Param("stacked_iterations", int, 50, "stacked ranVGG: L-BFGS iterations per candidate reconstruction",
               minimum=1),
         Param("stacked_size", int, 128, "stacked ranVGG: long side of the reference in pixels", minimum=16),
+        Param("stacked_criterion", str, "features", "stacked ranVGG: keep the candidate with the lowest final "
+              "feature loss, or the lowest pixel error of its reconstruction", choices=("features", "pixels")),
     )
 
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
