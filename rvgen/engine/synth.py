@@ -20,6 +20,14 @@ from rvgen.recipe import Recipe
 VARIATION_SEED_STRIDE = 7919
 
 
+def reference_sources(recipe: Recipe, registry: Registry | None = None, task=None) -> dict[str, tuple[str, int]]:
+    """The reference images a recipe's task needs besides the input: name -> (source, long
+    side), the long side defaulting to the output size. Builds no network."""
+    task = task or recipe.build_task(registry or get_registry())
+    size = recipe.output["size"]
+    return {name: (src, long_side or size) for name, (src, long_side) in task.references().items()}
+
+
 class Synthesizer:
     def __init__(self, recipe: Recipe, device: torch.device | str = "cpu", registry: Registry | None = None):
         registry = registry or get_registry()
@@ -35,8 +43,7 @@ class Synthesizer:
 
     def references(self) -> dict[str, tuple[str, int]]:
         """Reference images the task needs besides the input: name -> (source, long side)."""
-        size = self.recipe.output["size"]
-        return {name: (src, long_side or size) for name, (src, long_side) in self.task.references().items()}
+        return reference_sources(self.recipe, task=self.task)
 
     def set_references(self, images: Mapping[str, torch.Tensor]) -> None:
         """Compute the targets of the fixed reference images (the style's Grams), once per run."""
