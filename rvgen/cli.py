@@ -152,10 +152,10 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
 
 def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Path, shard: str | None) -> None:
     def say(text: str) -> None:
-        console.print(text, highlight=False, markup=False)
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def threads(spec) -> str:
-        return f" ({spec.threads} threads)" if spec.threads else ""
+        return f" ({spec.threads} thread{'s' if spec.threads > 1 else ''})" if spec.threads else ""
 
     say(f"plan for {output}:")
     say(f"  to make:      {len(todo)}")
