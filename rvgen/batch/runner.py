@@ -243,6 +243,7 @@ def _run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Se
         for _ in workers:
             job_queue.put(None)
         local: queue.Queue = queue.Queue()
+        pool_done = threading.Event()
         failure: list[BaseException] = []
 
         def pool() -> None:
@@ -254,17 +255,22 @@ def _run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Se
             except BaseException as exc:  # a worker process died (kill -9, out of host memory)
                 failure.append(exc)
             finally:
-                event_queue.put(POOL_DONE)
+                pool_done.set()
 
-        def forward() -> None:  # the manager's queue is read here, so signals never cut a read short
+        def forward() -> None:
+            """Move events from the manager's queue to ours, so signals never cut a read short.
+            Every event a worker sent is in the queue before its task returns, so an empty
+            queue once the pool is done means there are no more."""
             while True:
+                done = pool_done.is_set()
                 try:
-                    event = event_queue.get()
-                except (EOFError, OSError):
-                    event = POOL_DONE
-                local.put(event)
-                if event == POOL_DONE:
-                    return
+                    local.put(event_queue.get(timeout=0.1))
+                except queue.Empty:
+                    if done:
+                        break
+                except (EOFError, OSError):  # the manager is gone
+                    break
+            local.put(POOL_DONE)
 
         threading.Thread(target=pool, name="rvgen-pool", daemon=True).start()
         threading.Thread(target=forward, name="rvgen-events", daemon=True).start()
