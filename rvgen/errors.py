@@ -27,3 +27,7 @@ class ImageError(RvgenError):
 
 class OptimizationError(RvgenError):
     """The optimisation of one image failed (for example a NaN loss); the batch goes on."""
+
+
+class OutOfMemory(RvgenError):
+    """One image that does not fit in the device's memory even alone; the batch goes on."""

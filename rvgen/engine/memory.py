@@ -47,10 +47,12 @@ class MemoryEstimate:
 def _saved_numel(backbone: torch.nn.Module, layers: tuple[str, ...], shape: tuple[int, int]) -> tuple[dict[int, int], dict[str, int]]:
     """Elements of each tensor autograd saves in one backbone pass of one image, and each layer's size."""
     meta = _meta_copy(backbone)
+    weights = {id(p) for p in meta.parameters()} | {id(b) for b in meta.buffers()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[id(t)] = t.numel()  # by identity: a tensor saved twice is stored once
+        if id(t) not in weights:  # weights are counted once, in ``fixed``
+            saved[id(t)] = t.numel()  # by identity: a tensor saved twice is stored once
         return t
 
     x = torch.empty((1, 3, *shape), device="meta", requires_grad=True)

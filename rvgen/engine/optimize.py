@@ -21,6 +21,7 @@ from rvgen.engine.objective import Objective
 from rvgen.errors import OptimizationError
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+BOX_PULL = 1.0  # weight of the pull of L-BFGS's out-of-range pixels back into [0, 1]
 REPORT_INTERVAL = 0.25  # seconds between Adam progress reports (each one syncs the device)
 
 
@@ -89,6 +90,7 @@ def optimize_batch(
         x, iterations, evaluations, initial, errors = _adam(objective, x0, config, callback)
     else:
         raise ValueError(f"unknown optimizer {config.name!r}")
+    x = x.clamp(0, 1)
     totals, parts = final_losses(objective, x)
     seconds = time.perf_counter() - start
     outcomes: list[Result | OptimizationError] = []
@@ -99,7 +101,7 @@ def optimize_batch(
             outcomes.append(OptimizationError(errors[i]))
             continue
         outcomes.append(Result(
-            image=x[i : i + 1].detach().clamp(0, 1),
+            image=x[i : i + 1].detach(),
             loss=totals[i],
             initial_loss=initial[i] if math.isfinite(initial[i]) else totals[i],
             parts=parts[i],
@@ -126,12 +128,21 @@ def optimize(
 
 
 def _gradient(objective: Objective, shape: torch.Size) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(B, n) points -> each image's loss (B,) and gradient (B, n), in one backbone pass."""
+    """(B, n) points -> each image's loss (B,) and gradient (B, n), in one backbone pass.
+
+    L-BFGS moves pixels freely, and from a photo a quarter of them leave [0, 1] within a
+    few iterations; clamping only the result then undoes much of the optimisation. So the
+    objective is evaluated at the clamped image (what will be saved) plus a quadratic
+    pull of out-of-range pixels back to the boundary (where the clamp's zero gradient
+    would otherwise strand them). The loss reported is the clamped image's.
+    """
 
     def evaluate(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = flat.view(shape).detach().requires_grad_(True)
-        total, _ = objective(x)
-        (grad,) = torch.autograd.grad(total.sum(), x)
+        inside = x.clamp(0, 1)
+        total, _ = objective(inside)
+        outside = (x - inside).pow(2).flatten(1).mean(1)
+        (grad,) = torch.autograd.grad((total + BOX_PULL * outside).sum(), x)
         return total.detach(), grad.reshape(shape[0], -1)
 
     return evaluate
@@ -139,7 +150,7 @@ def _gradient(objective: Objective, shape: torch.Size) -> Callable[[torch.Tensor
 
 def _lbfgs(objective, x0, config, callback):
     shape = x0.shape
-    flat = x0.detach().reshape(shape[0], -1).float().contiguous()
+    flat = x0.detach().reshape(shape[0], -1).contiguous()
 
     def on_iteration(i, state):
         if callback is not None:
@@ -155,7 +166,7 @@ def _lbfgs(objective, x0, config, callback):
 
 def _adam(objective, x0, config, callback):
     b = x0.shape[0]
-    x = x0.detach().clone(memory_format=torch.contiguous_format).float().requires_grad_(True)
+    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.learning_rate)
     initial = [math.nan] * b
     errors: list[str | None] = [None] * b
