@@ -17,7 +17,7 @@ for the pyramid the time until it reaches the baseline's final loss. Losses are 
 because all runs minimise the same objective (the baseline's final image is scored with
 rvgen's objective).
 
-    python benchmarks/run.py --quick        # a few minutes on 2 CPU cores (sizes halved, 8 images)
+    python benchmarks/run.py --quick        # a few minutes on 2 CPU cores: sizes halved, 4 images, fewer iterations
     python benchmarks/run.py                # the issue's cases: 256/512 px, 64 images, 300 iterations
     python benchmarks/run.py --device cuda
 """
@@ -27,15 +27,19 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rvgen import imageio
-from rvgen.engine.synth import Synthesizer
-from rvgen.recipe import parse_recipe
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the rvgen of this checkout
+
+from rvgen import imageio  # noqa: E402
+from rvgen.engine.synth import Synthesizer  # noqa: E402
+from rvgen.recipe import parse_recipe  # noqa: E402
 
 STYLE = "skimage:hubble_deep_field"
 CONTENTS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry", "motorcycle_left"]
@@ -78,8 +82,8 @@ def floor(synth: Synthesizer, batch: torch.Tensor, repeats: int) -> tuple[float,
     def step():
         x = batch.clone().requires_grad_(True)
         feats = objective.features(x, [deepest])
-        (grad,) = torch.autograd.grad(feats[deepest].float().sum(), x)
-        return grad
+        feats[deepest].float().sum().backward()
+        return x.grad
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -137,6 +141,10 @@ def baseline(synth: Synthesizer, content: torch.Tensor, iterations: int) -> tupl
                 total = total + weight * (dx.pow(2).mean() + dy.pow(2).mean())
         return total
 
+    with torch.no_grad():  # the tutorial's loss is rvgen's objective, written plainly
+        ours, theirs = float(objective(x0)[0].sum()), float(loss_of(x0))
+    if abs(ours - theirs) > 1e-3 * max(abs(ours), 1e-6):
+        raise RuntimeError(f"the baseline's loss {theirs} differs from rvgen's {ours}")
     sync(device)
     start = time.perf_counter()
     x = x0.clone().requires_grad_(True)
@@ -171,6 +179,7 @@ class Run:
     evaluations: int
     losses: list[float]
     trace: list[tuple[float, int, float]]  # (seconds since start, iteration, loss) of image 0
+    images: list[torch.Tensor]
 
 
 def rvgen(synth: Synthesizer, contents: list[torch.Tensor]) -> Run:
@@ -189,7 +198,14 @@ def rvgen(synth: Synthesizer, contents: list[torch.Tensor]) -> Run:
     failed = [o for o in outcomes if isinstance(o, Exception)]
     if failed:
         raise RuntimeError(f"rvgen failed: {failed[0]}")
-    return Run(seconds, outcomes[0].iterations, outcomes[0].evaluations, [o.loss for o in outcomes], trace)
+    return Run(seconds, outcomes[0].iterations, outcomes[0].evaluations, [o.loss for o in outcomes], trace,
+               [o.image for o in outcomes])
+
+
+def save(folder: str | None, name: str, images: list[torch.Tensor]) -> None:
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        imageio.to_pil(torch.cat(images, dim=-1).cpu()).save(Path(folder) / f"{name}.png")
 
 
 def time_to_reach(run: Run, target: float, final_from: int) -> float | None:
@@ -220,6 +236,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: what fits)")
+    parser.add_argument("--save", metavar="DIR", help="also write the results as PNG files here")
     parser.add_argument("--cases", default="style,style-large,folder,texture,pyramid",
                         help="comma-separated subset of: style, style-large, folder, texture, pyramid")
     args = parser.parse_args()
@@ -228,59 +246,68 @@ def main() -> None:
     device = torch.device(args.device)
     quick = args.quick
     small, large = (128, 256) if quick else (256, 512)
-    iterations = 100 if quick else 300
-    folder = 8 if quick else 64
+    folder = 4 if quick else 64
     repeats = 3 if quick else 10
+    # Iterations per case: quick mode shortens the cases that only measure time per iteration.
+    its = {"style": 100, "style-large": 20, "folder": 20, "texture": 50} if quick else dict.fromkeys(
+        ["style", "style-large", "folder", "texture"], 300)
     cases = args.cases.split(",")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"rvgen speed, {'quick' if quick else 'full'} mode, {device} ({name}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s), random VGG-19 to relu5_1, {iterations} iterations")
+          f"{torch.get_num_threads()} CPU thread(s), random VGG-19 to relu5_1, precision {args.precision}")
     print(COLUMNS)
 
-    def case(label, task, size, images, pyramid=False):
+    def case(label, task, size, images, iterations, pyramid=False):
         synth = make_synth(task, size, iterations, device, args.precision)
         contents = [square(CONTENTS[i % len(CONTENTS)], size).to(device) for i in range(images)]
         fl, flops = floor(synth, torch.cat(contents[:1]), repeats)
         base_s, base_loss = baseline(make_synth(task, size, iterations, device, "fp32"), contents[0], iterations)
+        label = f"{label}, {iterations} it"
         print(row(f"{label}: floor, batch 1", None, None, fl * 1e3, None, None, flops / fl / 1e12))
-        print(row(f"{label}: baseline (tutorial)", base_s, base_s / iterations * 1e3, fl * 1e3, 1.0, base_loss,
+        print(row(f"{label}: baseline", base_s, base_s / iterations * 1e3, fl * 1e3, 1.0, base_loss,
                   flops * iterations / base_s / 1e12))
-        batch = synth.batch_size(tuple(contents[0].shape[-2:]), images)
+        batch = args.batch_size or synth.batch_size(tuple(contents[0].shape[-2:]), images)
+        batch_floor = torch.cat(contents[:batch])
+        # The floor is measured right before and right after the run and averaged, so a
+        # machine shared with other work loads both alike.
+        before, flops_b = floor(synth, batch_floor, repeats)
+        total, first = 0.0, None
         for start in range(0, images, batch):
-            chunk = contents[start : start + batch]
-            if start == 0:
-                fl_b, flops_b = floor(synth, torch.cat(chunk), repeats) if len(chunk) > 1 else (fl, flops)
-                run = rvgen(synth, chunk)
-                total = run.seconds
-            else:
-                total += rvgen(synth, chunk).seconds
+            run = rvgen(synth, contents[start : start + batch])
+            total += run.seconds
+            first = first or run
+        after, _ = floor(synth, batch_floor, repeats)
+        fl_b = (before + after) / 2
         per_image = total / images
-        ms_it = run.seconds / run.iterations * 1e3
-        label_run = f"{label}: rvgen, batch {batch}"
-        print(row(label_run, per_image, ms_it, fl_b * 1e3, per_image / base_s, run.losses[0],
-                  flops_b * run.evaluations / run.seconds / 1e12))
-        print(f"{'':<34}{run.evaluations / run.iterations:.2f} evaluations per iteration")
+        print(row(f"{label}: rvgen, batch {batch}", per_image, first.seconds / first.iterations * 1e3, fl_b * 1e3,
+                  per_image / base_s, first.losses[0], flops_b * first.evaluations / first.seconds / 1e12))
+        per_eval = first.seconds / first.evaluations
+        print(f"{'':<34}{first.evaluations / first.iterations:.2f} evaluations per iteration, "
+              f"{per_eval * 1e3:.0f} ms per evaluation = {per_eval / fl_b:.2f}x the floor")
+        save(args.save, f"{task}-{size}-single", first.images)
         if pyramid:
-            low = iterations // 3
-            final = max(1, iterations // 4)
+            reach_single = time_to_reach(first, base_loss, 0)
+            low, final = iterations // 2, iterations // 2
             synth_p = make_synth(task, size, final, device, args.precision, scales=2, scale_iterations=low)
             run_p = rvgen(synth_p, contents[:1])
             reach = time_to_reach(run_p, base_loss, low)
             print(row(f"{label}: rvgen pyramid {low}+{final} it", run_p.seconds, None, None, run_p.seconds / base_s,
                       run_p.losses[0], None))
-            verdict = (f"reached the baseline's final loss after {reach:.1f} s = {reach / base_s:.2f}x the baseline's time"
-                       if reach is not None else
-                       f"did not reach the baseline's final loss {base_loss:.4f} (got {run_p.losses[0]:.4f})")
-            print(f"{'':<34}{verdict}")
+            save(args.save, f"{task}-{size}-pyramid", run_p.images)
+            for what, when, got in (("single scale", reach_single, first), ("pyramid", reach, run_p)):
+                verdict = (f"{what} reached the baseline's final loss after {when:.1f} s = "
+                           f"{when / base_s:.2f}x the baseline's time" if when is not None else
+                           f"{what} did not reach the baseline's final loss {base_loss:.4f} (got {got.losses[0]:.4f})")
+                print(f"{'':<34}{verdict}")
 
     if "style" in cases:
-        case(f"style {small} px", "style", small, 1, pyramid="pyramid" in cases)
+        case(f"style {small} px", "style", small, 1, its["style"], pyramid="pyramid" in cases)
     if "style-large" in cases:
-        case(f"style {large} px", "style", large, 1)
+        case(f"style {large} px", "style", large, 1, its["style-large"])
     if "folder" in cases:
-        case(f"folder of {folder}, {small} px", "style", small, folder)
+        case(f"folder of {folder}, {small} px", "style", small, folder, its["folder"])
     if "texture" in cases:
-        case(f"texture {small} px", "texture", small, 1)
+        case(f"texture {small} px", "texture", small, 1, its["texture"])
 
 
 if __name__ == "__main__":
