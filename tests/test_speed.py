@@ -80,9 +80,10 @@ def test_batched_lbfgs_follows_torch_lbfgs_on_each_image():
     def fun(x, k):
         return 10 * (x[1:] - x[:-1] ** 2).pow(2).sum() + (1 - x).pow(2).sum() + 0.1 * (mats[k] @ x).pow(2).sum()
 
-    def evaluate(points):
+    def evaluate(points, rows):
         points = points.detach().requires_grad_(True)
-        f = torch.stack([fun(points[k], k) for k in range(points.shape[0])])
+        rows = rows if rows is not None else range(points.shape[0])
+        f = torch.stack([fun(p, k) for p, k in zip(points, rows)])
         (g,) = torch.autograd.grad(f.sum(), points)
         return f.detach(), g
 
@@ -297,3 +298,19 @@ def test_a_batch_must_be_one_size_and_groups_keep_their_order():
         synth.run_batch([square("astronaut", 32), square("astronaut", 24)])
     shapes = [torch.zeros(1, 3, h, 8) for h in (8, 16, 8, 24, 16)]
     assert group_by_size(shapes) == [[0, 2], [1, 4], [3]]
+
+
+def test_a_subset_of_the_batch_is_evaluated_with_its_own_targets_and_weights():
+    synth = style_synth()
+    obj = synth.objective
+    x = torch.cat([square(n, 32) for n in ("astronaut", "chelsea", "rocket")])
+    obj.set_targets({"input": x})
+    obj.reset_weights()
+    obj.auto_weight(x)
+    start = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    full, _ = obj(start)
+    with obj.subset([2, 0]):
+        part, _ = obj(start[[2, 0]])
+    assert torch.allclose(part, full[[2, 0]], rtol=1e-5)
+    again, _ = obj(start)  # leaving the block restores the whole batch
+    assert torch.equal(again, full)

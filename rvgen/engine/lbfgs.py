@@ -10,8 +10,8 @@ optimiser asks for, in one backbone pass.
 
 The vector work (histories, two-loop recursion, trial points) is batched tensor code; the
 line search's decisions are scalar, per image, in Python, as a generator that yields trial
-steps and is sent ``(loss, directional derivative)`` back. An image whose optimisation has
-ended is evaluated at its final point until the others end (its result is unaffected).
+steps and is sent ``(loss, directional derivative)`` back. Images that have finished (their
+line searches need different numbers of evaluations) drop out of the evaluated batch.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ C1, C2 = 1e-4, 0.9  # sufficient decrease and curvature constants of the Wolfe c
 MAX_LINE_SEARCH = 25
 CURVATURE_EPS = 1e-10  # a pair (s, y) with yᵀs below this is not added to the history
 
-Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""(B, n) points -> ((B,) losses, (B, n) gradients)."""
+Evaluate = Callable[[torch.Tensor, "list[int] | None"], tuple[torch.Tensor, torch.Tensor]]
+"""(k, n) points of rows ``rows`` (None: all B rows) -> ((k,) losses, (k, n) gradients)."""
 
 
 def cubic_minimum(t1: float, f1: float, g1: float, t2: float, f2: float, g2: float,
@@ -166,7 +166,7 @@ def batched_lbfgs(
     h_diag = torch.ones(b, device=dev, dtype=x.dtype)
     rows = torch.arange(b, device=dev)
 
-    f, g = evaluate(x)
+    f, g = evaluate(x, None)
     g = g.detach().clone()
     for i, (st, value) in enumerate(zip(states, f.tolist())):
         st.loss = st.initial_loss = value
@@ -243,7 +243,15 @@ def batched_lbfgs(
         if not any(active):
             break
         steps = torch.tensor([st.step if a else 0.0 for st, a in zip(states, active)], device=dev, dtype=x.dtype)
-        f_new, g_new = evaluate(x + steps.unsqueeze(1) * d)
+        trial = x + steps.unsqueeze(1) * d
+        if all(active):
+            f_new, g_new = evaluate(trial, None)
+        else:  # only the images still optimising; the others' rows stay as they are
+            live = [i for i, a in enumerate(active) if a]
+            index = torch.tensor(live, device=dev)
+            f_live, g_live = evaluate(trial.index_select(0, index), live)
+            f_new = torch.zeros(b, device=dev, dtype=f_live.dtype).index_copy(0, index, f_live.detach())
+            g_new = torch.zeros_like(g).index_copy(0, index, g_live)
         values = torch.stack([f_new.detach().to(x.dtype), (g_new * d).sum(1)]).tolist()
         take = torch.zeros(b, dtype=torch.bool)  # rows whose evaluated point becomes the iterate
         for i, st in enumerate(states):
@@ -279,6 +287,6 @@ def batched_lbfgs(
                 st.phase = "new"
         if take.any():
             rows_taken = take.to(dev).unsqueeze(1)
-            x = torch.where(rows_taken, x + steps.unsqueeze(1) * d, x)
+            x = torch.where(rows_taken, trial, x)
             g = torch.where(rows_taken, g_new, g)
     return x, states

@@ -15,8 +15,8 @@ share its batch. The backbone may run in reduced precision (``autocast``, see
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ class Objective(nn.Module):
         self.layer_weights: list[dict[str, float | torch.Tensor]] = [self._static_weights(t) for t in self.terms]
         self.autocast: torch.dtype | None = None  # dtype of the backbone's autocast region
         self.channels_last = False
+        self._subset: tuple | None = None  # the last subset's rows, targets and weights
 
     @staticmethod
     def _static_weights(term: Term) -> dict[str, float | torch.Tensor]:
@@ -89,6 +90,7 @@ class Objective(nn.Module):
 
         An image may be a batch (the inputs of a batch, one per image being optimised).
         """
+        self._subset = None
         for name, image in images.items():
             idx = [i for i, t in enumerate(self.terms) if t.target == name]
             if not idx:
@@ -134,7 +136,29 @@ class Objective(nn.Module):
         """Total loss per image (B,) and each term's weighted share of it."""
         return self.combine(self.layer_losses(x))
 
+    @contextmanager
+    def subset(self, rows: Sequence[int] | None) -> Iterator[None]:
+        """Within the block, evaluate only the images ``rows`` of the batch the per-image
+        targets and weights were set for (the optimiser drops images that have finished)."""
+        if rows is None:
+            yield
+            return
+        targets, weights = self.targets, self.layer_weights
+        if self._subset is None or self._subset[0] != tuple(rows):
+            index = torch.tensor(list(rows), dtype=torch.long)
+            picked = {key: _take(value, rows, index) if self.terms[key[0]].target == "input" else value
+                      for key, value in targets.items()}
+            picked_weights = [{layer: w.index_select(0, index.to(w.device)) if torch.is_tensor(w) else w
+                               for layer, w in term.items()} for term in weights]
+            self._subset = (tuple(rows), picked, picked_weights)
+        _, self.targets, self.layer_weights = self._subset
+        try:
+            yield
+        finally:
+            self.targets, self.layer_weights = targets, weights
+
     def reset_weights(self) -> None:
+        self._subset = None
         self.layer_weights = [self._static_weights(t) for t in self.terms]
 
     def auto_weight(self, x0: torch.Tensor) -> None:
@@ -150,6 +174,7 @@ class Objective(nn.Module):
         auto = [i for i, t in enumerate(self.terms) if t.weighting == "auto"]
         if not auto:
             return
+        self._subset = None
         x = x0.detach().clone().requires_grad_(True)
         per_layer = self.layer_losses(x)
         for i in auto:
@@ -175,3 +200,18 @@ class Objective(nn.Module):
         inverse = torch.tensor([1.0 / (g if math.isfinite(g) and g > 0 else median) for g in norms],
                                dtype=torch.float64)
         return inverse / inverse.sum()
+
+
+def _take(target: Any, rows: Sequence[int], index: torch.Tensor) -> Any:
+    """The rows of a per-image target: a :class:`PerImage` entry each, or the rows of every
+    tensor in a batched loss's target (tensors with a batch dimension of 1 are shared)."""
+    if isinstance(target, PerImage):
+        return PerImage(target[i] for i in rows)
+    if torch.is_tensor(target):
+        return target.index_select(0, index.to(target.device)) if target.dim() and target.shape[0] > 1 else target
+    if isinstance(target, (tuple, list)):
+        return type(target)(_take(t, rows, index) for t in target)
+    if isinstance(target, dict):
+        return {k: _take(v, rows, index) for k, v in target.items()}
+    return target
+

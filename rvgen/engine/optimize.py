@@ -137,13 +137,14 @@ def _gradient(objective: Objective, shape: torch.Size) -> Callable[[torch.Tensor
     would otherwise strand them). The loss reported is the clamped image's.
     """
 
-    def evaluate(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = flat.view(shape).detach().requires_grad_(True)
+    def evaluate(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = flat.view(-1, *shape[1:]).detach().requires_grad_(True)
         inside = x.clamp(0, 1)
-        total, _ = objective(inside)
+        with objective.subset(rows):
+            total, _ = objective(inside)
         outside = (x - inside).pow(2).flatten(1).mean(1)
         (grad,) = torch.autograd.grad((total + BOX_PULL * outside).sum(), x)
-        return total.detach(), grad.reshape(shape[0], -1)
+        return total.detach(), grad.reshape(x.shape[0], -1)
 
     return evaluate
 

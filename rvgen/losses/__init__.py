@@ -25,7 +25,10 @@ class Loss(nn.Module):
 
     ``batched = True`` promises that ``prepare`` and ``forward`` treat every image of a
     batch on its own (no statistic taken over the batch), so the engine may prepare the
-    targets of B inputs in one call and evaluate B images at once. A loss that leaves it
+    targets of B inputs in one call and evaluate B images at once, and that every tensor in
+    a prepared target (a tensor, or tuples, lists and dicts of them) has the batch as its
+    first dimension, so the engine can keep the rows of images still being optimised.
+    A loss that leaves it
     ``False`` is still correct in batches: the engine prepares and evaluates it image by
     image (slower, never wrong). Targets of shared reference images (a style image) are
     prepared from a batch of one and must broadcast against any batch in ``forward``.
