@@ -23,6 +23,7 @@ else:  # pragma: no cover
 
 from rvgen.engine.objective import Term
 from rvgen.engine.optimize import OptimizerConfig
+from rvgen.engine.precision import PRECISIONS
 from rvgen.errors import RecipeError
 from rvgen.params import REQUIRED, Context, Param, suggest, unknown, validate
 from rvgen.plugins import Registry, get_registry
@@ -35,6 +36,15 @@ OPTIMIZER_PARAMS = (
     Param("lr", float, None, "step size (default: 1.0 for lbfgs, 0.02 for adam)", minimum=0.0, nullable=True),
     Param("history", int, 50, "L-BFGS history size", minimum=1),
     Param("line_search", bool, True, "L-BFGS strong-Wolfe line search: without it, starts from noise can stall"),
+    Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 (TF32 on CUDA) "
+          "or bf16; Grams and losses are always fp32", choices=PRECISIONS),
+    Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory)",
+          minimum=1, nullable=True),
+    Param("scales", int, 1, "levels of the multi-scale pyramid, each half the size of the next; 1 = single scale",
+          minimum=1),
+    Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8),
+    Param("scale_iterations", int, None, "iterations at each level below the output size "
+          "(default: the same as iterations)", minimum=1, nullable=True),
 )
 OUTPUT_PARAMS = (
     Param("size", int, 512, "long side of the result in pixels; inputs are resized to it", minimum=8),

@@ -57,7 +57,7 @@ def test_auto_weighting_equalises_each_layers_pull_on_the_pixels():
     obj = texture_objective("kaiming")
     x0 = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     obj.auto_weight(x0)
-    weights = obj.layer_weights[0]
+    weights = {layer: float(w) for layer, w in obj.layer_weights[0].items()}  # (B,) tensors, B = 1
     assert sum(weights.values()) == pytest.approx(1.0)
     assert len(set(round(w, 6) for w in weights.values())) == len(LAYERS), "rule must differ from equal"
     x = x0.clone().requires_grad_(True)

@@ -58,3 +58,21 @@ class Backbone(nn.Module):
         if PIXELS in layers:
             out[PIXELS] = x
         return out
+
+
+def full_precision(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in float32 even inside a bf16 autocast region.
+
+    Backbones run their first layer (the one that sees the pixels) this way: autocast
+    would round the image to bf16's 8-bit mantissa, so the small steps an optimiser takes
+    (1e-4 per pixel) would not change the loss at all and L-BFGS's line search would stall.
+    """
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device without autocast (meta, for memory estimates)
+        autocast = False
+    if not autocast:
+        return module(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.float())
+

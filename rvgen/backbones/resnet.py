@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rvgen.backbones import Backbone
+from rvgen.backbones import Backbone, full_precision
 from rvgen.backbones.vgg import IMAGENET_MEAN, IMAGENET_STD
 from rvgen.hookspecs import hookimpl
 from rvgen.params import Param
@@ -142,8 +142,8 @@ class RandomResNet(Backbone):
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
         h = (x - self.mean) / self.std
-        for name, module in zip(self.names, self.body):
-            h = module(h)
+        for k, (name, module) in enumerate(zip(self.names, self.body)):
+            h = full_precision(module, h) if k == 0 else module(h)
             if name in wanted:
                 out[name] = channel_softmax(h, self.options["temperature"]) if self.options["softmax"] else h
                 if len(out) == len(wanted):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rvgen.backbones import Backbone
+from rvgen.backbones import Backbone, full_precision
 from rvgen.hookspecs import hookimpl
 from rvgen.params import Param
 
@@ -107,8 +107,8 @@ class VGGFeatures(Backbone):
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
         h = (x - self.mean) / self.std
-        for name, module in zip(self.names, self.body):
-            h = module(h)
+        for k, (name, module) in enumerate(zip(self.names, self.body)):
+            h = full_precision(module, h) if k == 0 else module(h)
             if name in wanted:
                 out[name] = h
                 if len(out) == len(wanted):

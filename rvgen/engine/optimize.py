@@ -1,4 +1,11 @@
-"""Pixel optimisation with L-BFGS or Adam. The image is the only parameter."""
+"""Pixel optimisation with L-BFGS or Adam. The images are the only parameters.
+
+:func:`optimize_batch` optimises B images of one objective at once: one backbone pass per
+evaluation for the whole batch, and every image with its own optimiser state (its own
+L-BFGS history and line search, see :mod:`rvgen.engine.lbfgs`; Adam is elementwise), so
+an image's result does not depend on the images it shares a batch with. A failure (a loss
+that stops being finite) ends that image only.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
+from rvgen.engine.lbfgs import batched_lbfgs
 from rvgen.engine.objective import Objective
 from rvgen.errors import OptimizationError
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+BOX_PULL = 1.0  # weight of the pull of L-BFGS's out-of-range pixels back into [0, 1]
+REPORT_INTERVAL = 0.25  # seconds between Adam progress reports (each one syncs the device)
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,11 @@ class OptimizerConfig:
     lr: float | None = None
     history: int = 50
     line_search: bool = True
+    precision: str = "auto"
+    batch_size: int | None = None
+    scales: int = 1
+    min_size: int = 64
+    scale_iterations: int | None = None
 
     @property
     def learning_rate(self) -> float:
@@ -43,12 +58,58 @@ class Result:
     parts: dict[str, float]
     iterations: int
     seconds: float
+    evaluations: int = 0
 
 
-def _total(objective: Objective, x: torch.Tensor) -> tuple[float, dict[str, float]]:
+BatchCallback = Callable[[int, Progress], None]
+"""Called with (index of the image in the batch, its progress)."""
+
+
+def final_losses(objective: Objective, x: torch.Tensor) -> tuple[list[float], list[dict[str, float]]]:
+    """Each image's total loss and per-term parts at ``x``, as floats."""
     with torch.no_grad():
         total, parts = objective(x)
-    return float(total.sum()), {k: float(v.sum()) for k, v in parts.items()}
+    totals = total.float().tolist()
+    names = list(parts)
+    table = torch.stack([torch.as_tensor(parts[k], dtype=torch.float32, device=x.device).expand(x.shape[0])
+                         for k in names], dim=1).tolist() if names else [[] for _ in totals]
+    return totals, [dict(zip(names, row)) for row in table]
+
+
+def optimize_batch(
+    objective: Objective,
+    x0: torch.Tensor,
+    config: OptimizerConfig,
+    callback: BatchCallback | None = None,
+) -> list[Result | OptimizationError]:
+    """Optimise the pixels of every image of ``x0`` (B, 3, H, W); one outcome per image."""
+    start = time.perf_counter()
+    if config.name == "lbfgs":
+        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, callback)
+    elif config.name == "adam":
+        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, callback)
+    else:
+        raise ValueError(f"unknown optimizer {config.name!r}")
+    x = x.clamp(0, 1)
+    totals, parts = final_losses(objective, x)
+    seconds = time.perf_counter() - start
+    outcomes: list[Result | OptimizationError] = []
+    for i in range(x.shape[0]):
+        if errors[i] is None and not math.isfinite(totals[i]):
+            errors[i] = f"the final loss is {totals[i]}"
+        if errors[i] is not None:
+            outcomes.append(OptimizationError(errors[i]))
+            continue
+        outcomes.append(Result(
+            image=x[i : i + 1].detach(),
+            loss=totals[i],
+            initial_loss=initial[i] if math.isfinite(initial[i]) else totals[i],
+            parts=parts[i],
+            iterations=iterations[i],
+            seconds=seconds,
+            evaluations=evaluations[i],
+        ))
+    return outcomes
 
 
 def optimize(
@@ -57,60 +118,76 @@ def optimize(
     config: OptimizerConfig,
     callback: Callable[[Progress], None] | None = None,
 ) -> Result:
-    """Optimise the pixels of ``x0`` (B, 3, H, W) to minimise ``objective``.
+    """Optimise one image (1, 3, H, W). Raises :class:`OptimizationError` when it fails."""
+    if x0.shape[0] != 1:
+        raise ValueError(f"optimize takes one image, got a batch of {x0.shape[0]}; use optimize_batch")
+    (outcome,) = optimize_batch(objective, x0, config, None if callback is None else lambda i, p: callback(p))
+    if isinstance(outcome, OptimizationError):
+        raise outcome
+    return outcome
 
-    Raises :class:`OptimizationError` when the loss stops being finite.
+
+def _gradient(objective: Objective, shape: torch.Size) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(B, n) points -> each image's loss (B,) and gradient (B, n), in one backbone pass.
+
+    L-BFGS moves pixels freely, and from a photo a quarter of them leave [0, 1] within a
+    few iterations; clamping only the result then undoes much of the optimisation. So the
+    objective is evaluated at the clamped image (what will be saved) plus a quadratic
+    pull of out-of-range pixels back to the boundary (where the clamp's zero gradient
+    would otherwise strand them). The loss reported is the clamped image's.
     """
-    start = time.perf_counter()
-    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    losses: list[float] = []
 
-    def evaluate(opt: torch.optim.Optimizer, iteration: int) -> torch.Tensor:
+    def evaluate(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = flat.view(-1, *shape[1:]).detach().requires_grad_(True)
+        inside = x.clamp(0, 1)
+        with objective.subset(rows):
+            total, _ = objective(inside)
+        outside = (x - inside).pow(2).flatten(1).mean(1)
+        (grad,) = torch.autograd.grad((total + BOX_PULL * outside).sum(), x)
+        return total.detach(), grad.reshape(x.shape[0], -1)
+
+    return evaluate
+
+
+def _lbfgs(objective, x0, config, callback):
+    shape = x0.shape
+    flat = x0.detach().reshape(shape[0], -1).contiguous()
+
+    def on_iteration(i, state):
+        if callback is not None:
+            callback(i, Progress(min(state.iterations, config.iterations), config.iterations, state.loss))
+
+    x, states = batched_lbfgs(
+        _gradient(objective, shape), flat, config.iterations, lr=config.learning_rate,
+        history=config.history, line_search=config.line_search, on_iteration=on_iteration,
+    )
+    return (x.view(shape), [s.iterations for s in states], [s.evaluations for s in states],
+            [s.initial_loss for s in states], [s.error for s in states])
+
+
+def _adam(objective, x0, config, callback):
+    b = x0.shape[0]
+    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=config.learning_rate)
+    initial = [math.nan] * b
+    errors: list[str | None] = [None] * b
+    last_report = time.perf_counter()
+    for it in range(1, config.iterations + 1):
         opt.zero_grad(set_to_none=False)
         total, _ = objective(x)
-        loss = total.sum()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise OptimizationError(f"the loss became {value} at iteration {iteration}")
-        loss.backward()
-        losses.append(value)
-        if callback is not None:
-            callback(Progress(min(iteration, config.iterations), config.iterations, value))
-        return loss.detach()
-
-    if config.name == "lbfgs":
-        # One step() runs every iteration: L-BFGS keeps its line search and curvature state
-        # consistent only within a call. The closure reports progress per evaluation.
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [x],
-            lr=config.learning_rate,
-            max_iter=config.iterations,
-            max_eval=config.iterations * (2 if config.line_search else 1) + 1,
-            history_size=config.history,
-            line_search_fn="strong_wolfe" if config.line_search else None,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-        )
-        opt.step(lambda: evaluate(opt, opt.state[x].get("n_iter", 0) + 1))
-        iterations = opt.state[x].get("n_iter", 0)
-    elif config.name == "adam":
-        opt = torch.optim.Adam([x], lr=config.learning_rate)
-        for i in range(config.iterations):
-            evaluate(opt, i + 1)
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(0, 1)
-        iterations = config.iterations
-    else:
-        raise ValueError(f"unknown optimizer {config.name!r}")
-    final, parts = _total(objective, x.detach())
-    if not math.isfinite(final):
-        raise OptimizationError(f"the final loss is {final}")
-    return Result(
-        image=x.detach().clamp(0, 1),
-        loss=final,
-        initial_loss=losses[0] if losses else final,
-        parts=parts,
-        iterations=iterations,
-        seconds=time.perf_counter() - start,
-    )
+        total.sum().backward()
+        now = time.perf_counter()
+        # Reading losses syncs the device, so only at the start, the end and every so often.
+        if it == 1 or it == config.iterations or (callback is not None and now - last_report >= REPORT_INTERVAL):
+            last_report = now
+            for i, value in enumerate(total.detach().float().tolist()):
+                if it == 1:
+                    initial[i] = value
+                if errors[i] is None and not math.isfinite(value):
+                    errors[i] = f"the loss became {value} by iteration {it}"
+                if callback is not None and errors[i] is None:
+                    callback(i, Progress(it, config.iterations, value))
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    return x.detach(), [config.iterations] * b, [config.iterations] * b, initial, errors

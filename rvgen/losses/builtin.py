@@ -1,4 +1,8 @@
-"""Built-in losses: content (feature maps), gram (Gatys style statistics), tv (smoothness)."""
+"""Built-in losses: content (feature maps), gram (Gatys style statistics), tv (smoothness).
+
+All three are batched: every statistic (the scale of a target, the norm of its Gram) is
+taken per image, so an image's loss does not depend on which images share its batch.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import torch
 
 from rvgen.hookspecs import hookimpl
-from rvgen.losses import Loss, feature_scale, gram_matrix
+from rvgen.losses import Loss, gram_matrix, image_scale
 
 
 class ContentLoss(Loss):
@@ -15,9 +19,10 @@ class ContentLoss(Loss):
 
     name = "content"
     description = "squared error of feature maps (Mahendran & Vedaldi), relative to the target's energy"
+    batched = True
 
     def prepare(self, features: torch.Tensor) -> Any:
-        scale = feature_scale(features)
+        scale = image_scale(features)
         return features.detach().float() / scale, scale
 
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
@@ -31,16 +36,18 @@ class GramLoss(Loss):
 
     name = "gram"
     description = "squared error of Gram matrices (Gatys et al.), relative to the target's, computed in float32"
+    batched = True
 
     def prepare(self, features: torch.Tensor) -> Any:
-        scale = feature_scale(features)
-        gram = gram_matrix(features.detach().float() / scale)
-        norm = gram.pow(2).mean().clamp_min(torch.finfo(torch.float32).tiny)
-        return gram, scale, norm
+        scale = image_scale(features)
+        gram = gram_matrix(features.detach()) / scale.flatten(1).pow(2).unsqueeze(-1)
+        norm = gram.pow(2).flatten(1).mean(1).clamp_min(torch.finfo(torch.float32).tiny)
+        return gram, scale.view(-1, 1, 1).pow(2), norm
 
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
-        gram, scale, norm = target
-        diff = gram_matrix(features.float() / scale) - gram
+        # gram(f / s) = gram(f) / s²: scaling the small Gram, not the large features.
+        gram, scale_squared, norm = target
+        diff = gram_matrix(features) / scale_squared - gram
         return diff.pow(2).flatten(1).mean(1) / norm
 
 
@@ -50,6 +57,7 @@ class TotalVariationLoss(Loss):
     name = "tv"
     description = "total variation (squared differences of neighbouring pixels); use on the pixels layer"
     needs_target = False
+    batched = True
 
     def forward(self, features: torch.Tensor, target: Any = None) -> torch.Tensor:
         dx = features[..., :, 1:] - features[..., :, :-1]

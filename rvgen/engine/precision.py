@@ -1,0 +1,72 @@
+"""Numeric precision and memory layout of the backbone, per device.
+
+``precision = "auto"`` means bf16 autocast on CUDA GPUs that support it and float32
+everywhere else. Only the backbone runs in the autocast region; Gram matrices, losses,
+gradients of the image and the optimiser state are always float32 (fp16/bf16 Grams of
+deep layers overflow or lose the small differences the optimiser follows). float32 on
+CUDA uses TF32 tensor cores for convolutions and matmuls. On CUDA the backbone also runs
+channels-last with cuDNN autotuning (``cudnn.benchmark``): inputs keep one size per run,
+so the tuning is paid once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """What a device runs the backbone with: the resolved precision and layout."""
+
+    precision: str  # "fp32" or "bf16"
+    channels_last: bool
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    @property
+    def bytes_per_activation(self) -> int:
+        return 2 if self.precision == "bf16" else 4
+
+
+def resolve(precision: str, device: torch.device | str) -> Numerics:
+    """The numerics ``precision`` ("auto", "fp32", "bf16") means on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        bf16_ok = cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16_ok else "fp32"
+    return Numerics(precision=precision, channels_last=cuda)
+
+
+def configure_backends(device: torch.device | str, numerics: Numerics) -> None:
+    """Process-wide CUDA settings for fast convolutions: cuDNN autotuning and TF32 for float32.
+
+    A no-op off CUDA. TF32 keeps float32's range with a 10-bit mantissa, the precision the
+    backbone's features need for these losses (bf16 has 7 bits and is still visually equal).
+    """
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    if numerics.precision == "fp32":
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-operation precision
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:  # pragma: no cover - older torch
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+
+def apply(objective: torch.nn.Module, numerics: Numerics) -> None:
+    """Set an :class:`~rvgen.engine.objective.Objective`'s backbone precision and layout."""
+    objective.autocast = numerics.autocast
+    objective.channels_last = numerics.channels_last
+    if numerics.channels_last:
+        objective.backbone.to(memory_format=torch.channels_last)
