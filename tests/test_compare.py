@@ -186,3 +186,17 @@ def test_structure_distance_ranks_brick_crops_before_shuffled_tiles_and_noise():
     assert 2 * crop_d < shuffled_d < noise_d
     evaluator = metrics.GramEvaluator()
     assert evaluator.distance(shuffled, a) < evaluator.distance(b, a)
+
+
+def test_compare_style_scores_against_the_style_image_and_the_content(tmp_path):
+    registry = registry_with()
+    style = write_sample(tmp_path / "style.png", "hubble_deep_field", 32)
+    data = {"task": {"name": "style", "style": "style.png"}, "optimizer": {"iterations": 2}, "output": {"size": 32}}
+    columns, recipes = plan_columns(data, ["random-resnet18"], [], [], registry, tmp_path)
+    comparison = run_comparison(columns, recipes, [("skimage:coffee", "coffee")], registry=registry)
+    (outcome,) = comparison.outcomes
+    content, reference = sample("coffee", 32), imageio.load_image(style, 32)
+    assert set(outcome.scores) == {"gram", "structure", "colour", "content_ssim"}
+    assert outcome.scores["colour"] == pytest.approx(metrics.colour_distance(outcome.image, reference))
+    assert outcome.scores["content_ssim"] == pytest.approx(metrics.ssim(outcome.image, content))
+    assert outcome.scores["content_ssim"] > 0.5  # two iterations from the content photo keep it
