@@ -276,8 +276,14 @@ def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str |
         console.print(f"[{done}/{total}] {escape(comparison.columns[outcome.column].label)} | "
                       f"{escape(outcome.input)}: {scores} ({outcome.seconds:.1f} s)", highlight=False)
 
+    def announce(index, column) -> None:
+        if not quiet:
+            stacked = " (building the stacked network: minutes the first time, cached after)" \
+                if column.options.get("stacked_candidates", 0) >= 2 else ""
+            console.print(f"column {index + 1}/{len(columns)}: {escape(column.label)}{stacked}", highlight=False)
+
     start = time.perf_counter()
-    comparison = cmp.run_comparison(columns, recipes, inputs, device, on_result=report)
+    comparison = cmp.run_comparison(columns, recipes, inputs, device, on_result=report, on_column=announce)
     wall = time.perf_counter() - start
     paths = cmp.write_outputs(comparison, output, {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES,
                                                    "device": device, "wall_seconds": wall})

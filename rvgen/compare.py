@@ -260,8 +260,11 @@ def run_comparison(
     device: str = "cpu",
     registry: Registry | None = None,
     on_result: Callable[[Comparison, Outcome], None] | None = None,
+    on_column: Callable[[int, Column], None] | None = None,
 ) -> Comparison:
-    """Run every recipe on every input (inputs loaded once per size) and score the results."""
+    """Run every recipe on every input (inputs loaded once per size) and score the results.
+    ``on_column`` hears of each column before its backbone is built (a stacked one can take
+    minutes the first time), ``on_result`` of each result."""
     from rvgen.engine.synth import Synthesizer
 
     registry = registry or get_registry()
@@ -280,6 +283,8 @@ def run_comparison(
         return images[(source, size)]
 
     for c, recipe in enumerate(recipes):
+        if on_column is not None:
+            on_column(c, comparison.columns[c])
         synth = Synthesizer(recipe, device, registry)
         refs = {name: image(src, side) for name, (src, side) in synth.references().items()}
         synth.set_references(refs)
@@ -394,7 +399,7 @@ def summary_table(comparison: Comparison, summary: list[dict[str, Any]]) -> Any:
     headline = comparison.metric_names[0]
     n = len(comparison.inputs)
     table = Table(title=f"{comparison.task}: mean ± std over {n} input(s)", title_justify="left")
-    table.add_column("column")
+    table.add_column("column", overflow="fold")
     for m in comparison.metric_names:
         label, higher = METRIC_INFO[m]
         table.add_column(f"{label} {'↑' if higher else '↓'}", justify="right")
@@ -422,7 +427,7 @@ def layer_table(comparison: Comparison, summary: list[dict[str, Any]]) -> Any | 
         key = column.spec + (f" seed {column.seed}" if column.seed is not None else "")
         rows.setdefault(key, {})[column.layer] = _cell(row[headline], DIGITS[headline])
     table = Table(title=f"{METRIC_INFO[headline][0]} by layer (mean ± std)", title_justify="left")
-    table.add_column("backbone")
+    table.add_column("backbone", overflow="fold")
     for layer in layers:
         table.add_column(layer, justify="right")
     for key, cells in rows.items():
