@@ -2,12 +2,14 @@
 
 Errors the user can fix are one line on stderr (``Error: ...``) with exit status 2 for usage
 and recipe problems; ``-v`` adds tracebacks. ``rvgen run`` exits 0 when every image was
-made, 1 when some failed (the others are still made), 130 when interrupted.
+made, 1 when some failed (the others are still made), 75 when another run holds the output
+folder, 130 or 143 when stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from pathlib import Path
 
@@ -59,37 +61,11 @@ def _warn_plugin_problems() -> None:
         click.echo(f"Warning: {line}", err=True)
 
 
-def resolve_device(spec: str) -> str:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked against this machine."""
-    import torch
-
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return "cuda:0"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device {spec}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__})")
-        count = torch.cuda.device_count()
-        index = device.index or 0
-        if index >= count:
-            raise UsageError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-        return f"cuda:{index}"
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {spec}: MPS is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {spec}: unsupported device type {device.type!r}")
-    return str(device)
+EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done), 2 usage or recipe error, "
+          "75 another run holds the output folder, 130 interrupted (SIGINT), 143 terminated (SIGTERM).")
 
 
-@cli.command(epilog="Exit status: 0 all images done, 1 some failed (the others were done), "
-                     "2 usage or recipe error, 130 interrupted.")
+@cli.command(epilog=EPILOG)
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-i", "--input", "input_spec", metavar="PATH",
               help="Folder (searched recursively), image file, or skimage:NAME[,NAME...]. "
@@ -98,21 +74,49 @@ def resolve_device(spec: str) -> str:
               help="Output folder. Default: rvgen-out/RECIPE_NAME.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key, e.g. --set optimizer.iterations=50 (value parsed as TOML).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--gpus", metavar="0,1", help="GPU indices to use, one worker each.")
+@click.option("--devices", "--device", "devices", metavar="LIST",
+              help="Devices to use, e.g. cuda:0,cuda:1,cpu or mps. Default: every GPU, else the CPU.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Workers per device (CPU workers share the cores between them).")
+@click.option("--shard", metavar="K/N", help="Make only shard K of N of the jobs (for N machines).")
+@click.option("--force", is_flag=True, help="Redo images that are already done.")
+@click.option("--wait", is_flag=True, help="If another run holds the output folder, wait for it instead of exiting 75.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (jobs, already done, workers) and run nothing.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append a JSON line per event (image done or failed, start, end) to this file.")
+@click.option("--backend", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: worker processes on this machine; dask: tasks on a Dask cluster (--scheduler).")
+@click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
 @click.pass_context
 def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path | None,
-        overrides: tuple[str, ...], device: str, quiet: bool) -> None:
-    """Run RECIPE over every image of --input, writing one result per image to --output."""
-    from rvgen.batch.jobs import DEFAULT_SAMPLES, plan_jobs
-    from rvgen.batch.progress import PlainReporter, QuietReporter, RichReporter
-    from rvgen.batch.runner import run_batch
+        overrides: tuple[str, ...], gpus: str | None, devices: str | None, workers: int, shard: str | None,
+        force: bool, wait: bool, dry_run: bool, log_file: Path | None, backend: str, scheduler: str | None,
+        quiet: bool) -> None:
+    """Run RECIPE over every image of --input, writing one result per image to --output.
+
+    Images already made by the same recipe from the same input are skipped, so a rerun
+    finishes an interrupted batch."""
+    from rvgen.batch.devices import resolve_devices
+    from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
+    from rvgen.batch.lock import OutputLock
+    from rvgen.batch.progress import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
+    from rvgen.batch.runner import RunInfo, WorkerSpec, prepare, remove_leftovers, run_batch, worker_specs
+    from rvgen.batch.state import split_finished
     from rvgen.recipe import load_recipe
 
     verbose = bool(ctx.find_root().params.get("verbose"))
     _warn_plugin_problems()
+    if backend == "dask" and not scheduler:
+        raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    if scheduler and backend != "dask":
+        raise UsageError("--scheduler is for --backend dask")
+    if backend == "dask" and (gpus or devices or workers != 1):
+        raise UsageError("--gpus, --devices and --workers are for --backend local; a Dask cluster has its own workers")
+    shard_k_n = parse_shard(shard) if shard else None
     parsed = load_recipe(recipe, overrides)
-    device = resolve_device(device)
+    specs = [WorkerSpec("dask", scheduler)] if scheduler else worker_specs(resolve_devices(gpus, devices), workers)
     output = output or Path("rvgen-out") / recipe.stem
     console = Console()
     if input_spec is None:
@@ -122,14 +126,49 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"])
     if not plan.jobs:
         raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
-    if quiet:
-        reporter = QuietReporter(console, str(output), verbose)
-    elif console.is_terminal:
-        reporter = RichReporter(console, str(output), verbose)
-    else:
-        reporter = PlainReporter(console, str(output), verbose)
-    summary = run_batch(parsed, plan, reporter, device)
+    jobs = plan.jobs
+    if shard_k_n:
+        jobs = select_shard(jobs, *shard_k_n)
+    key = prepare(parsed)
+    if dry_run:
+        todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
+        _print_plan(console, plan, jobs, todo, finished, specs, output, shard)
+        return
+    with OutputLock(output).acquire(wait=wait):
+        remove_leftovers(output)
+        todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
+        if quiet:
+            reporter = QuietReporter(console, verbose)
+        elif console.is_terminal:
+            reporter = RichReporter(console, verbose)
+        else:
+            reporter = PlainReporter(console, verbose)
+        if log_file is not None:
+            reporter = Tee(reporter, JsonLogReporter(log_file, sys.argv))
+        run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
+        summary = run_batch(parsed, run_info, reporter, key, scheduler=scheduler)
     ctx.exit(summary.exit_code)
+
+
+def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Path, shard: str | None) -> None:
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def threads(spec) -> str:
+        return f" ({spec.threads} thread{'s' if spec.threads > 1 else ''})" if spec.threads else ""
+
+    say(f"plan for {output}:")
+    say(f"  to make:      {len(todo)}")
+    say(f"  already done: {len(finished)}" + (" (skipped; --force redoes them)" if finished else ""))
+    if shard:
+        say(f"  shard:        {shard} ({len(jobs)} of {len(plan.jobs)} jobs)")
+    if plan.ignored:
+        say(f"  not images:   {len(plan.ignored)} ({', '.join(plan.ignored[:5])}{' ...' if len(plan.ignored) > 5 else ''})")
+    say(f"  workers:      {', '.join(s.name + threads(s) for s in specs)}")
+    for job in todo[:50]:
+        say(f"  {job.rel} -> {job.output}")
+    if len(todo) > 50:
+        say(f"  ... and {len(todo) - 50} more")
 
 
 @cli.command()

@@ -31,3 +31,9 @@ class OptimizationError(RvgenError):
 
 class OutOfMemory(RvgenError):
     """One image that does not fit in the device's memory even alone; the batch goes on."""
+
+
+class LockedError(RvgenError):
+    """Another run holds the output folder; try again later (EX_TEMPFAIL)."""
+
+    exit_code = 75

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -48,8 +48,9 @@ def check_sample(source: str, key: str) -> None:
         )
 
 
-def _open(source: str | Path) -> Image.Image:
-    if is_sample(source):
+def _open(source: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    label = name or source
+    if isinstance(source, (str, Path)) and is_sample(source):
         from skimage import data
 
         name = str(source)[len(SAMPLE_PREFIX):]
@@ -60,11 +61,11 @@ def _open(source: str | Path) -> Image.Image:
             img.load()
             return img
     except FileNotFoundError:
-        raise ImageError(f"{source}: file not found") from None
+        raise ImageError(f"{label}: file not found") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{source}: not an image, or a format Pillow cannot read") from None
+        raise ImageError(f"{label}: not an image, or a format Pillow cannot read") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{source}: cannot read image ({exc})") from None
+        raise ImageError(f"{label}: cannot read image ({exc})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -87,9 +88,12 @@ def fit_long_side(size: tuple[int, int], long_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def load_image(source: str | Path, long_side: int | None = None) -> torch.Tensor:
-    """An image as a float tensor (1, 3, H, W) in [0, 1], resized to ``long_side`` if given."""
-    img = to_rgb(_open(source))
+def load_image(source: str | Path | BinaryIO, long_side: int | None = None, name: str | None = None) -> torch.Tensor:
+    """An image as a float tensor (1, 3, H, W) in [0, 1], resized to ``long_side`` if given.
+
+    ``source`` is a path, ``skimage:NAME`` or an open binary file (then ``name`` labels errors).
+    """
+    img = to_rgb(_open(source, name))
     if long_side is not None and max(img.size) != long_side:
         img = img.resize(fit_long_side(img.size, long_side), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -104,10 +108,22 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp makes them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # not on Windows
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -116,6 +132,21 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable across power loss (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_image(image: torch.Tensor, path: Path, fmt: str = "png", quality: int = 95) -> None:

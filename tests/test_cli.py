@@ -121,7 +121,10 @@ def test_unreadable_style_image_is_exit_2(tmp_path, photos):
     [
         (["-i", "no/such/folder"], "Error: --input: no such file or folder: no/such/folder"),
         (["-i", "skimage:kitten"], "Error: --input: unknown sample image 'kitten'"),
-        (["--device", "tpu"], "Error: --device tpu: not a device"),
+        (["--devices", "tpu"], "Error: --devices tpu: not a device"),
+        (["--gpus", "0", "--devices", "cpu"], "Error: --gpus and --devices: give one or the other"),
+        (["--shard", "4/3"], "Error: --shard 4/3: K must be between 1 and N"),
+        (["--shard", "x"], "Error: --shard x: expected K/N"),
     ],
 )
 def test_usage_errors_are_exit_2(tmp_path, args, message):
@@ -133,9 +136,13 @@ def test_usage_errors_are_exit_2(tmp_path, args, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_asking_for_a_gpu_that_is_not_there_is_exit_2(tmp_path, photos):
-    result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\n'), "-i", photos, "--device", "cuda:1")
+    path = recipe(tmp_path, '[task]\nname = "reconstruct"\n')
+    result = run("run", path, "-i", photos, "--devices", "cuda:1")
     assert result.exit_code == 2
-    assert result.output.startswith("Error: --device cuda:1: CUDA is not available on this machine")
+    assert result.output.startswith("Error: --devices cuda:1: CUDA is not available on this machine")
+    result = run("run", path, "-i", photos, "--gpus", "0,1")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: --gpus cuda:0: CUDA is not available on this machine")
 
 
 def test_empty_input_folder_is_exit_2(tmp_path):
@@ -156,9 +163,9 @@ def test_inputs_differing_only_in_extension_keep_it_in_the_name(tmp_path):
 
 def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path, photos):
     path = recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 2, 16)
-    for _ in range(2):
-        result = run("run", path, "-i", photos, "-o", photos / "out")
-        assert result.exit_code == 0 and "2 done" in result.output
+    for args in ((), ("--force",)):
+        result = run("run", path, "-i", photos, "-o", photos / "out", *args)
+        assert result.exit_code == 0 and "2 done, 0 failed in" in result.output
 
 
 def test_plain_log_lines_when_not_a_terminal(tmp_path, photos):
@@ -173,15 +180,17 @@ def test_plain_log_lines_when_not_a_terminal(tmp_path, photos):
 
 
 def test_internal_errors_show_a_traceback_only_with_verbose(tmp_path, photos, monkeypatch):
-    import rvgen.batch.runner as runner
+    import rvgen.batch.worker as worker
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(runner, "Synthesizer", boom)
+    monkeypatch.setattr(worker, "Synthesizer", boom)
     path = recipe(tmp_path, '[task]\nname = "reconstruct"\n')
     quiet = run("run", path, "-i", photos, "-o", tmp_path / "out")
-    assert quiet.exit_code == 1 and "Error: internal error: RuntimeError: kaboom" in quiet.output
+    assert quiet.exit_code == 1, quiet.output
+    assert "worker cpu did not start: RuntimeError: kaboom" in quiet.output
+    assert "0 done, 0 failed, 2 not started" in quiet.output
     assert "Traceback" not in quiet.output
     loud = run("-v", "run", path, "-i", photos, "-o", tmp_path / "out")
     assert "Traceback" in loud.output
@@ -194,13 +203,15 @@ def test_rich_display_on_a_terminal_shows_batch_and_image_progress(tmp_path, pho
 
     from rvgen.batch.jobs import plan_jobs
     from rvgen.batch.progress import RichReporter
-    from rvgen.batch.runner import run_batch
+    from rvgen.batch.runner import RunInfo, WorkerSpec, run_batch
     from rvgen.recipe import load_recipe
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120, color_system=None)
     parsed = load_recipe(recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 3, 16))
-    summary = run_batch(parsed, plan_jobs(str(photos), tmp_path / "out"), RichReporter(console, "out"))
+    plan = plan_jobs(str(photos), tmp_path / "out")
+    info = RunInfo(plan.jobs, 0, plan.ignored, [WorkerSpec("cpu", "cpu")], "out")
+    summary = run_batch(parsed, info, RichReporter(console))
     text = buffer.getvalue()
     assert summary.exit_code == 0 and len(summary.done) == 2
     assert "batch" in text and "2/2" in text, text  # the batch bar, done / total
@@ -224,6 +235,7 @@ def test_interrupting_a_batch_keeps_finished_outputs_and_exits_130(tmp_path, pho
     result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 2, 16),
                  "-i", photos, "-o", out)
     assert result.exit_code == 130
-    assert "interrupted: 1 done, 0 failed, 1 not started" in result.output
+    assert "interrupted (SIGINT): 1 done, 0 failed, 1 not started" in result.output
+    assert "abandoned: trip/coffee.png" in result.output
     assert (out / "cat.png").is_file() and (out / "cat.png.json").is_file()
     assert not (out / "trip").exists() and not list(out.rglob("*.tmp"))

@@ -8,6 +8,7 @@ differ only in extension keep it in the name (``a.jpg.png``, ``a.png.png``).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -80,3 +81,27 @@ def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str =
             out = output_dir / Path(*base.parts[:-1]) / f"{base.name}{suffix}.{fmt}"
             jobs.append(Job(source=source, rel=str(rel), output=out, variation=v))
     return Plan(jobs=jobs, ignored=ignored)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec}: expected K/N, e.g. 3/8") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {spec}: K must be between 1 and N")
+    return k, n
+
+
+def shard_of(job: Job, count: int) -> int:
+    """Which of ``count`` shards (1-based) a job belongs to: a hash of its output's name under
+    the output folder, so it does not depend on which other files are in the folder, the
+    machine, or the order jobs were listed in."""
+    name = f"{job.rel}#{job.variation}".encode()
+    return int.from_bytes(hashlib.sha1(name).digest()[:8], "big") % count + 1
+
+
+def select_shard(jobs: list[Job], k: int, n: int) -> list[Job]:
+    """The jobs of shard ``k`` of ``n``; the ``n`` shards together hold every job exactly once."""
+    return [job for job in jobs if shard_of(job, n) == k]

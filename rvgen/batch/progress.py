@@ -1,20 +1,38 @@
-"""Progress reporters: a rich live display on a terminal, plain log lines otherwise (cron).
+"""Reporters: what a run shows while it works and leaves behind when it ends.
 
-Both implement :class:`rvgen.batch.runner.Reporter` and print the same summary at the end.
+All of them take the same calls (:class:`rvgen.batch.runner.Reporter`): ``start`` with the
+plan, ``handle`` for each worker event, ``finish`` with the summary.
+
+- :class:`RichReporter`: a live display on a terminal, the batch as a whole and a row per
+  worker (current image, iteration, loss, images done);
+- :class:`PlainReporter`: timestamped lines for cron and log files;
+- :class:`QuietReporter` (``-q``): failures and the summary only;
+- :class:`JsonLogReporter` (``--log-file``): one JSON object per line, for machines.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rvgen.batch.jobs import Job, Plan
-from rvgen.batch.runner import Summary
-from rvgen.engine.optimize import Progress as Step
-from rvgen.engine.optimize import Result
+from rvgen.batch.events import (
+    Event,
+    ImageAbandoned,
+    ImageDone,
+    ImageFailed,
+    ImageStarted,
+    Step,
+    WorkerFailed,
+    WorkerReady,
+)
+from rvgen.batch.runner import RunInfo, Summary
 
 
 def duration(seconds: float) -> str:
@@ -28,90 +46,114 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def summary_line(summary: Summary) -> str:
+    parts = [f"{len(summary.done)} done", f"{len(summary.failed)} failed"]
+    if summary.not_started:
+        parts.append(f"{summary.not_started} not started")
+    if summary.skipped:
+        parts.append(f"{summary.skipped} already done")
+    line = f"{', '.join(parts)} in {duration(summary.seconds)}"
+    if summary.signal is not None:
+        line = f"interrupted ({signal.Signals(summary.signal).name}): " + line
+    return line
+
+
 class _Base:
-    def __init__(self, console: Console, output_dir: str, verbose: bool = False):
+    def __init__(self, console: Console, verbose: bool = False):
         self.console = console
-        self.output_dir = output_dir
         self.verbose = verbose
         self.total = 0
+        self.finished = 0
+        self.several = False  # more than one worker: name it on each line
 
     def say(self, text: str, style: str | None = None) -> None:
         self.console.print(text, style=style, highlight=False, markup=False, soft_wrap=True)
 
-    def start(self, plan: Plan, device: str) -> None:
-        self.total = len(plan.jobs)
-        if plan.ignored:
-            shown = ", ".join(plan.ignored[:5]) + (f" and {len(plan.ignored) - 5} more" if len(plan.ignored) > 5 else "")
-            self.say(f"skipping {len(plan.ignored)} file(s) that are not images: {shown}", "yellow")
-        self.say(f"{self.total} image(s) on {device} -> {self.output_dir}")
+    def start(self, run: RunInfo) -> None:
+        self.total = len(run.jobs)
+        self.several = len(run.workers) > 1
+        if run.ignored:
+            shown = ", ".join(run.ignored[:5]) + (f" and {len(run.ignored) - 5} more" if len(run.ignored) > 5 else "")
+            self.say(f"skipping {len(run.ignored)} file(s) that are not images: {shown}", "yellow")
+        done = f" ({run.skipped} already done)" if run.skipped else ""
+        workers = ", ".join(w.name for w in run.workers)
+        self.say(f"{self.total} image(s) to make{done} on {workers} -> {run.output}")
 
-    def image_failed(self, job: Job, reason: str, details: str | None) -> None:
-        self.say(f"failed: {job.rel}: {reason}", "red")
-        if self.verbose and details:
-            self.say(details)
+    def handle(self, event: Event) -> None:
+        if isinstance(event, (ImageDone, ImageFailed)):
+            self.finished += 1
+        method = getattr(self, "on_" + type(event).__name__, None)
+        if method is not None:
+            method(event)
+
+    def where(self, event: Any) -> str:
+        return f" on {event.worker}" if self.several else ""
+
+    def on_WorkerFailed(self, event: WorkerFailed) -> None:
+        self.say(f"worker {event.worker} did not start: {event.reason}", "red")
+        if self.verbose and event.details:
+            self.say(event.details)
+
+    def on_ImageFailed(self, event: ImageFailed) -> None:
+        self.say(f"failed: {event.job.rel}: {event.reason}", "red")
+        if self.verbose and event.details:
+            self.say(event.details)
 
     def finish(self, summary: Summary) -> None:
-        parts = [f"{len(summary.done)} done", f"{len(summary.failed)} failed"]
-        left = summary.total - len(summary.done) - len(summary.failed)
-        if left:
-            parts.append(f"{left} not started")
-        line = f"{', '.join(parts)} in {duration(summary.seconds)}"
-        if summary.interrupted:
-            line = "interrupted: " + line
-        self.say(line, "bold red" if summary.failed or summary.interrupted else "bold green")
+        bad = summary.failed or summary.interrupted or summary.problems or summary.not_started
+        self.say(summary_line(summary), "bold red" if bad else "bold green")
         for job, reason in summary.failed:
             self.say(f"  {job.rel}: {reason}", "red")
+        for problem in summary.problems:
+            self.say(f"  {problem}", "red")
 
 
 class PlainReporter(_Base):
-    """One timestamped line per event, and a progress line at most every ``interval`` seconds."""
+    """One timestamped line per finished image, a progress line per worker at most every ``interval`` s."""
 
-    def __init__(self, console: Console, output_dir: str, verbose: bool = False, interval: float = 30.0):
-        super().__init__(console, output_dir, verbose)
+    def __init__(self, console: Console, verbose: bool = False, interval: float = 30.0):
+        super().__init__(console, verbose)
         self.interval = interval
-        self._last = 0.0
-        self._index = 0
+        self._last: dict[str, float] = {}
 
     def say(self, text: str, style: str | None = None) -> None:
         super().say(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}")
 
-    def image_start(self, job: Job, index: int) -> None:
-        self._index = index + 1
-        self._last = time.monotonic()
+    def on_WorkerReady(self, event: WorkerReady) -> None:
+        if self.several:
+            threads = f" ({event.threads} thread{'s' if event.threads > 1 else ''})" if event.threads else ""
+            self.say(f"worker {event.worker} ready{threads}")
 
-    def iteration(self, job: Job, step: Step) -> None:
+    def on_ImageStarted(self, event: ImageStarted) -> None:
+        self._last[event.worker] = time.monotonic()
+
+    def on_Step(self, event: Step) -> None:
         now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            self.say(f"[{self._index}/{self.total}] {job.rel}: iteration {step.iteration}/{step.iterations}, "
-                     f"loss {step.loss:.4g}")
+        if now - self._last.get(event.worker, 0.0) >= self.interval:
+            self._last[event.worker] = now
+            self.say(f"{event.job.rel}{self.where(event)}: iteration {event.iteration}/{event.iterations}, "
+                     f"loss {event.loss:.4g}")
 
-    def image_done(self, job: Job, result: Result) -> None:
-        self.say(f"[{self._index}/{self.total}] {job.rel} -> {job.output} "
-                 f"({result.iterations} iterations, loss {result.loss:.4g}, {result.seconds:.1f}s)")
+    def on_ImageDone(self, event: ImageDone) -> None:
+        self.say(f"[{self.finished}/{self.total}] {event.job.rel} -> {event.job.output}{self.where(event)} "
+                 f"({event.iterations} iterations, loss {event.loss:.4g}, {event.seconds:.1f}s)")
+
+    def on_ImageAbandoned(self, event: ImageAbandoned) -> None:
+        self.say(f"abandoned: {event.job.rel} (stopped before it was finished; nothing written)", "yellow")
 
 
 class QuietReporter(_Base):
     """Only failures and the summary."""
 
-    def start(self, plan: Plan, device: str) -> None:
-        self.total = len(plan.jobs)
-
-    def image_start(self, job: Job, index: int) -> None:
-        pass
-
-    def iteration(self, job: Job, step: Step) -> None:
-        pass
-
-    def image_done(self, job: Job, result: Result) -> None:
-        pass
+    def start(self, run: RunInfo) -> None:
+        self.total = len(run.jobs)
 
 
 class RichReporter(_Base):
-    """A live display: the batch (done/total, ETA) and the current image (iteration, loss)."""
+    """A live display: the batch (done/total, ETA) and a row per worker (image, iteration, loss)."""
 
-    def __init__(self, console: Console, output_dir: str, verbose: bool = False):
-        super().__init__(console, output_dir, verbose)
+    def __init__(self, console: Console, verbose: bool = False):
+        super().__init__(console, verbose)
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
             BarColumn(),
@@ -124,31 +166,111 @@ class RichReporter(_Base):
             transient=False,
         )
         self.batch = None
-        self.image = None
+        self.rows: dict[str, Any] = {}
+        self.made: dict[str, int] = {}
 
-    def start(self, plan: Plan, device: str) -> None:
-        super().start(plan, device)
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
         self.batch = self.progress.add_task("batch", total=self.total, info="")
-        self.image = self.progress.add_task("image", total=1, info="", visible=False)
         self.progress.start()
 
-    def image_start(self, job: Job, index: int) -> None:
-        self.progress.reset(self.image, total=None, description=job.rel[-32:], info="loading", visible=True)
+    def _row(self, worker: str):
+        if worker not in self.rows:
+            self.rows[worker] = self.progress.add_task(worker, total=None, info="starting")
+            self.made[worker] = 0
+        return self.rows[worker]
 
-    def iteration(self, job: Job, step: Step) -> None:
-        self.progress.update(self.image, total=step.iterations, completed=step.iteration, info=f"loss {step.loss:.3e}")
+    def on_WorkerReady(self, event: WorkerReady) -> None:
+        self.progress.update(self._row(event.worker), info="ready")
 
-    def image_done(self, job: Job, result: Result) -> None:
+    def on_ImageStarted(self, event: ImageStarted) -> None:
+        self.progress.reset(self._row(event.worker), total=None,
+                            info=f"{event.job.rel[-32:]}: loading · {self.made[event.worker]} done")
+
+    def on_Step(self, event: Step) -> None:
+        self.progress.update(self._row(event.worker), total=event.iterations, completed=event.iteration,
+                             info=f"{event.job.rel[-32:]}: loss {event.loss:.3e} · {self.made[event.worker]} done")
+
+    def _image_over(self, worker: str, info: str) -> None:
         self.progress.advance(self.batch)
-        self.progress.console.print(f"[green]done[/] {job.rel} -> {job.output} "
-                                    f"(loss {result.loss:.3e}, {result.seconds:.1f}s)", highlight=False)
+        self.made[worker] = self.made.get(worker, 0) + 1
+        self.progress.update(self._row(worker), info=f"{info} · {self.made[worker]} done")
 
-    def image_failed(self, job: Job, reason: str, details: str | None) -> None:
-        self.progress.advance(self.batch)
-        super().image_failed(job, reason, details)
+    def on_ImageDone(self, event: ImageDone) -> None:
+        self._image_over(event.worker, "idle")
+        self.progress.console.print(f"[green]done[/] {event.job.rel} -> {event.job.output}{self.where(event)} "
+                                    f"(loss {event.loss:.3e}, {event.seconds:.1f}s)", highlight=False)
+
+    def on_ImageFailed(self, event: ImageFailed) -> None:
+        self._image_over(event.worker, "idle")
+        super().on_ImageFailed(event)
+
+    def on_ImageAbandoned(self, event: ImageAbandoned) -> None:
+        self.progress.update(self._row(event.worker), info="stopped")
+
+    def on_WorkerFailed(self, event: WorkerFailed) -> None:
+        self.progress.update(self._row(event.worker), info="did not start")
+        super().on_WorkerFailed(event)
 
     def finish(self, summary: Summary) -> None:
-        if self.image is not None:
-            self.progress.update(self.image, visible=False)
         self.progress.stop()
         super().finish(summary)
+
+
+def _job(job) -> dict[str, Any]:
+    return {"input": job.rel, "output": str(job.output), "variation": job.variation}
+
+
+class JsonLogReporter:
+    """``--log-file``: one JSON object per line, appended, flushed as it happens (no per-iteration lines)."""
+
+    def __init__(self, path: Path, argv: list[str] | None = None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file: TextIO = open(path, "a", encoding="utf-8")
+        self.argv = argv
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"time": datetime.now().astimezone().isoformat(timespec="seconds"), "event": event, **fields}
+        self.file.write(json.dumps(record, default=str) + "\n")
+        self.file.flush()
+
+    def start(self, run: RunInfo) -> None:
+        self.write("run_start", jobs=len(run.jobs), already_done=run.skipped, ignored=len(run.ignored),
+                   workers=[{"name": w.name, "device": w.device} for w in run.workers], output=run.output,
+                   argv=self.argv)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Step):
+            return
+        fields = {k: v for k, v in vars(event).items() if k != "job"}
+        if hasattr(event, "job"):
+            fields.update(_job(event.job))
+        name = "".join("_" + c.lower() if c.isupper() else c for c in type(event).__name__).lstrip("_")
+        self.write(name, **fields)
+
+    def finish(self, summary: Summary) -> None:
+        self.write("run_end", exit_code=summary.exit_code, done=len(summary.done), failed=len(summary.failed),
+                   not_started=summary.not_started, already_done=summary.skipped, seconds=round(summary.seconds, 3),
+                   signal=signal.Signals(summary.signal).name if summary.signal else None,
+                   failures=[{**_job(job), "reason": reason} for job, reason in summary.failed],
+                   problems=summary.problems)
+        self.file.close()
+
+
+class Tee:
+    """Several reporters as one."""
+
+    def __init__(self, *reporters):
+        self.reporters = reporters
+
+    def start(self, run: RunInfo) -> None:
+        for r in self.reporters:
+            r.start(run)
+
+    def handle(self, event: Event) -> None:
+        for r in self.reporters:
+            r.handle(event)
+
+    def finish(self, summary: Summary) -> None:
+        for r in self.reporters:
+            r.finish(summary)

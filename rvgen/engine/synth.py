@@ -16,6 +16,7 @@ at that size, so the last level optimises exactly the single-scale objective.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -57,6 +58,14 @@ def pyramid(canvas: tuple[int, int], scales: int, min_size: int) -> list[float]:
     return factors
 
 
+def reference_sources(recipe: Recipe, registry: Registry | None = None, task=None) -> dict[str, tuple[str, int]]:
+    """The reference images a recipe's task needs besides the input: name -> (source, long
+    side), the long side defaulting to the output size. Builds no network."""
+    task = task or recipe.build_task(registry or get_registry())
+    size = recipe.output["size"]
+    return {name: (src, long_side or size) for name, (src, long_side) in task.references().items()}
+
+
 class Synthesizer:
     def __init__(self, recipe: Recipe, device: torch.device | str = "cpu", registry: Registry | None = None):
         registry = registry or get_registry()
@@ -77,8 +86,7 @@ class Synthesizer:
 
     def references(self) -> dict[str, tuple[str, int]]:
         """Reference images the task needs besides the input: name -> (source, long side)."""
-        size = self.recipe.output["size"]
-        return {name: (src, long_side or size) for name, (src, long_side) in self.task.references().items()}
+        return reference_sources(self.recipe, task=self.task)
 
     def set_references(self, images: Mapping[str, torch.Tensor]) -> None:
         """Compute the targets of the fixed reference images (the style's Grams), once per run."""
@@ -136,11 +144,13 @@ class Synthesizer:
         at the output size), optimised together. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
+        Each result's ``seconds`` is the whole batch's time (its images were made together).
         Raises ``torch.OutOfMemoryError`` when the batch does not fit (see
         :func:`rvgen.engine.batching.run_with_fallback`).
         """
         if not contents:
             return []
+        started = time.perf_counter()
         variations = list(variations) if variations is not None else [0] * len(contents)
         if len(variations) != len(contents):
             raise ValueError("one variation per content")
@@ -155,7 +165,7 @@ class Synthesizer:
         budgets = [lower] * (len(factors) - 1) + [config.iterations]
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
-        totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents), "seconds": 0.0}
+        totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
         x = None
         outcomes: list[Result | RvgenError] = []
         for level, (factor, budget) in enumerate(zip(factors, budgets)):
@@ -180,7 +190,6 @@ class Synthesizer:
                 totals["iterations"][i] += outcome.iterations
                 totals["evaluations"][i] += outcome.evaluations
                 images.append(outcome.image)
-            totals["seconds"] += max((o.seconds for o in outcomes if isinstance(o, Result)), default=0.0)
             x = torch.cat(images)
         final: list[Result | RvgenError] = []
         for i, outcome in enumerate(outcomes):
@@ -189,7 +198,7 @@ class Synthesizer:
                 continue
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
-            outcome.seconds = totals["seconds"]
+            outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
 
