@@ -29,11 +29,11 @@ class OptimizationError(RvgenError):
     """The optimisation of one image failed (for example a NaN loss); the batch goes on."""
 
 
-class OutOfMemory(RvgenError):
-    """One image that does not fit in the device's memory even alone; the batch goes on."""
-
-
 class LockedError(RvgenError):
     """Another run holds the output folder; try again later (EX_TEMPFAIL)."""
 
     exit_code = 75
+
+
+class OutOfMemory(RvgenError):
+    """One image that does not fit in the device's memory even alone; the batch goes on."""

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_recipe, write_sample
+from conftest import psnr, write_recipe, write_sample
 from PIL import Image
 
+from rvgen import imageio
 from rvgen.batch.jobs import Job, select_shard
 from rvgen.batch.lock import OutputLock
 from rvgen.batch.runner import worker_specs
@@ -313,3 +314,28 @@ def test_dask_flags_are_checked(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(path), "--backend", "dask", "--scheduler", "tcp://x:1", "--gpus", "0"])
     assert result.exit_code == 2 and "a Dask cluster has its own workers" in result.output
 
+
+
+def test_a_worker_optimises_images_in_batches_like_one_at_a_time(tmp_path):
+    inputs = tmp_path / "in"
+    for name in ("astronaut", "camera", "coffee"):  # two squares batch together; coffee is 3:2
+        write_sample(inputs / f"{name}.png", name, 40)
+    (inputs / "broken.png").write_bytes(b"not a png")
+    path = recipe(tmp_path, 10)
+    logs = {}
+    for batch in (1, 4):
+        log = tmp_path / f"b{batch}.jsonl"
+        result = CliRunner().invoke(cli, ["run", str(path), "-i", str(inputs), "-o", str(tmp_path / f"b{batch}"),
+                                          "--set", f"optimizer.batch_size={batch}", "--log-file", str(log)])
+        assert result.exit_code == 1, result.output
+        assert "3 done, 1 failed" in result.output and "broken.png: " in result.output
+        logs[batch] = [(e["event"], e.get("input")) for e in events(log) if e["event"].startswith("image")]
+    # batch 4: the two squares start together and finish together, then coffee on its own
+    assert logs[4][2:] == [("image_started", "astronaut.png"), ("image_started", "camera.png"),
+                           ("image_done", "astronaut.png"), ("image_done", "camera.png"),
+                           ("image_started", "coffee.png"), ("image_done", "coffee.png")], logs[4]
+    assert logs[4][:2] == [("image_started", "broken.png"), ("image_failed", "broken.png")]
+    for name in ("astronaut.png", "camera.png", "coffee.png"):
+        one = imageio.load_image(tmp_path / "b1" / name)
+        four = imageio.load_image(tmp_path / "b4" / name)
+        assert psnr(one, four) > 35, name  # the batch mates do not change the result

@@ -15,7 +15,8 @@ import platform
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from rvgen.batch.events import (
 )
 from rvgen.batch.jobs import Job
 from rvgen.batch.state import RunKey, input_identity
+from rvgen.engine.batching import iter_with_fallback
 from rvgen.engine.optimize import Progress, Result
 from rvgen.engine.synth import Synthesizer
 from rvgen.errors import ImageError, RecipeError, RvgenError
@@ -41,6 +43,7 @@ from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
 
 STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks) per worker
+MAX_TAKE = 64  # most jobs a GPU worker takes from the queue at once
 
 
 class Stopped(BaseException):
@@ -104,42 +107,113 @@ class Worker:
         self.synth = Synthesizer(recipe, device, registry)
         self.synth.set_references(load_references(self.synth.references()))
 
-    def _callback(self, job: Job) -> Callable[[Progress], None]:
+    def batch_size(self) -> int:
+        """Jobs to take from the queue at once: ``optimizer.batch_size`` if the recipe sets it;
+        on a GPU, as many images at the output size as fit in free memory; on a CPU one, where
+        batching saves little and would only hold images back from the other workers."""
+        requested = self.recipe.optimizer.batch_size
+        if requested is not None:
+            return requested
+        if self.synth.device.type == "cpu":
+            return 1
+        size = self.recipe.output["size"]
+        return self.synth.batch_size((size, size), MAX_TAKE)
+
+    def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
+        """Progress of image ``index`` of ``jobs``: a Step event (and a stop check) at most
+        every STEP_INTERVAL seconds for the worker as a whole."""
         last = [time.monotonic()]
 
-        def callback(progress: Progress) -> None:
+        def callback(index: int, progress: Progress) -> None:
             now = time.monotonic()
             if now - last[0] < STEP_INTERVAL:
                 return
             last[0] = now
             if self.should_stop():
                 raise Stopped
-            self.emit(Step(self.name, job, progress.iteration, progress.iterations, progress.loss))
+            self.emit(Step(self.name, jobs[index], progress.iteration, progress.iterations, progress.loss))
 
         return callback
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        details = None if isinstance(exc, RvgenError) else traceback.format_exc()
+        self.emit(ImageFailed(self.name, job, failure_reason(exc, self.device, self.recipe.output["size"]), details))
+
+    def _finish(self, job: Job, outcome: Result | RvgenError) -> None:
+        if isinstance(outcome, RvgenError):
+            self.emit(ImageFailed(self.name, job, str(outcome)))
+            return
+        try:
+            write_result(self.recipe, self.key, job, outcome, self.device)
+        except Exception as exc:
+            self._fail(job, exc)
+        else:
+            self.emit(ImageDone(self.name, job, outcome.loss, outcome.iterations, outcome.seconds))
 
     def make(self, job: Job) -> None:
         """One job, start to finish; failures become events, a stop propagates."""
         self.emit(ImageStarted(self.name, job))
-        size = self.recipe.output["size"]
+        report = self._reporter([job])
         try:
-            content = imageio.load_image(job.source, size)
-            result = self.synth.run(content, job.variation, self._callback(job))
-            write_result(self.recipe, self.key, job, result, self.device)
+            content = imageio.load_image(job.source, self.recipe.output["size"])
+            result = self.synth.run(content, job.variation, lambda progress: report(0, progress))
         except (Stopped, KeyboardInterrupt):
             self.emit(ImageAbandoned(self.name, job))
             raise
         except Exception as exc:  # one bad image never stops the others
-            details = None if isinstance(exc, RvgenError) else traceback.format_exc()
-            self.emit(ImageFailed(self.name, job, failure_reason(exc, self.device, size), details))
+            self._fail(job, exc)
         else:
-            self.emit(ImageDone(self.name, job, result.loss, result.iterations, result.seconds))
+            self._finish(job, result)
+
+    def make_batch(self, jobs: Sequence[Job]) -> None:
+        """Several jobs optimised together (grouped by size, split further if memory runs out).
+        An image that fails alone is recorded alone; if a batch fails as a whole for another
+        reason, its images are made one by one so the error lands on the image causing it."""
+        if len(jobs) == 1:
+            return self.make(jobs[0])
+        ready, contents = [], []
+        for job in jobs:
+            try:
+                contents.append(imageio.load_image(job.source, self.recipe.output["size"]))
+            except Exception as exc:
+                self.emit(ImageStarted(self.name, job))
+                self._fail(job, exc)
+            else:
+                ready.append(job)
+        running: set[int] = set()
+
+        def on_batch(chunk: list[int]) -> None:
+            for i in chunk:
+                running.add(i)
+                self.emit(ImageStarted(self.name, ready[i]))
+
+        variations = [job.variation for job in ready]
+        finished: set[int] = set()
+        try:
+            for index, outcome in iter_with_fallback(self.synth, contents, variations, self._reporter(ready),
+                                                     on_batch=on_batch):
+                running.discard(index)
+                finished.add(index)
+                self._finish(ready[index], outcome)
+        except (Stopped, KeyboardInterrupt):
+            for i in sorted(running):
+                self.emit(ImageAbandoned(self.name, ready[i]))
+            raise
+        except Exception:
+            for i, job in enumerate(ready):
+                if i not in finished:
+                    self.make(job)
 
     def run(self, jobs: Iterable[Job]) -> None:
-        for job in jobs:
+        jobs = iter(jobs)
+        take = self.batch_size()
+        while True:
             if self.should_stop():
                 raise Stopped
-            self.make(job)
+            batch = list(islice(jobs, take))
+            if not batch:
+                return
+            self.make_batch(batch)
 
 
 def start_failure(name: str, exc: BaseException) -> WorkerFailed:

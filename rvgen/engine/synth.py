@@ -33,6 +33,14 @@ from rvgen.recipe import Recipe
 VARIATION_SEED_STRIDE = 7919
 
 
+def reference_sources(recipe: Recipe, registry: Registry | None = None, task=None) -> dict[str, tuple[str, int]]:
+    """The reference images a recipe's task needs besides the input: name -> (source, long
+    side), the long side defaulting to the output size. Builds no network."""
+    task = task or recipe.build_task(registry or get_registry())
+    size = recipe.output["size"]
+    return {name: (src, long_side or size) for name, (src, long_side) in task.references().items()}
+
+
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Resize (B, 3, H, W) to ``shape``: antialiased when shrinking, bicubic (clamped) when growing."""
     if tuple(image.shape[-2:]) == tuple(shape):
@@ -56,14 +64,6 @@ def pyramid(canvas: tuple[int, int], scales: int, min_size: int) -> list[float]:
             break
         factors.insert(0, 0.5**k)
     return factors
-
-
-def reference_sources(recipe: Recipe, registry: Registry | None = None, task=None) -> dict[str, tuple[str, int]]:
-    """The reference images a recipe's task needs besides the input: name -> (source, long
-    side), the long side defaulting to the output size. Builds no network."""
-    task = task or recipe.build_task(registry or get_registry())
-    size = recipe.output["size"]
-    return {name: (src, long_side or size) for name, (src, long_side) in task.references().items()}
 
 
 class Synthesizer:
