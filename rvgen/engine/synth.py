@@ -144,7 +144,9 @@ class Synthesizer:
         at the output size), optimised together. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
-        Each result's ``seconds`` is the whole batch's time (its images were made together).
+        Each result's ``seconds`` is the whole batch's time (its images were made together);
+        ``iterations`` and ``evaluations`` add up all levels; with a pyramid, ``initial_loss``
+        is the loss of the last level's start (the upsampled coarse result).
         Raises ``torch.OutOfMemoryError`` when the batch does not fit (see
         :func:`rvgen.engine.batching.run_with_fallback`).
         """
