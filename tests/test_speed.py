@@ -314,3 +314,13 @@ def test_a_subset_of_the_batch_is_evaluated_with_its_own_targets_and_weights():
     assert torch.allclose(part, full[[2, 0]], rtol=1e-5)
     again, _ = obj(start)  # leaving the block restores the whole batch
     assert torch.equal(again, full)
+
+
+def test_an_image_already_at_the_optimum_is_returned_unchanged():
+    # Style image = content image: the loss and its gradient are zero from the start.
+    synth = style_synth(iterations=5)
+    coffee = sample("coffee", 32)
+    (outcome,) = synth.run_batch([coffee])
+    assert isinstance(outcome, Result) and outcome.iterations == 0
+    assert outcome.loss == pytest.approx(0.0, abs=1e-9)
+    assert torch.allclose(outcome.image, coffee)

@@ -229,10 +229,10 @@ def batched_lbfgs(
             for i in starting:
                 st = states[i]
                 gtd, d_norm, g_sum = stats[0][i], stats[1][i], stats[2][i]
-                t = min(1.0, 1.0 / g_sum) * lr if st.iterations == 1 else lr
-                if not gtd < 0:  # not a descent direction: nothing left to gain
+                if not gtd < 0:  # not a descent direction (a zero gradient: already optimal)
                     st.phase, st.iterations = "done", st.iterations - 1
                     continue
+                t = min(1.0, 1.0 / g_sum) * lr if st.iterations == 1 else lr
                 if line_search:
                     st.search = strong_wolfe(st.loss, gtd, t, d_norm)
                     st.step = next(st.search)

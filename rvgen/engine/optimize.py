@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rvgen.engine.lbfgs import batched_lbfgs
+from rvgen.engine.lbfgs import Evaluate, batched_lbfgs
 from rvgen.engine.objective import Objective
 from rvgen.errors import OptimizationError
 
@@ -127,8 +127,8 @@ def optimize(
     return outcome
 
 
-def _gradient(objective: Objective, shape: torch.Size) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(B, n) points -> each image's loss (B,) and gradient (B, n), in one backbone pass.
+def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
+    """(k, n) points of the batch's rows ``rows`` (None: all) -> their losses (k,) and gradients (k, n).
 
     L-BFGS moves pixels freely, and from a photo a quarter of them leave [0, 1] within a
     few iterations; clamping only the result then undoes much of the optimisation. So the
@@ -158,7 +158,7 @@ def _lbfgs(objective, x0, config, callback):
             callback(i, Progress(min(state.iterations, config.iterations), config.iterations, state.loss))
 
     x, states = batched_lbfgs(
-        _gradient(objective, shape), flat, config.iterations, lr=config.learning_rate,
+        evaluator(objective, shape), flat, config.iterations, lr=config.learning_rate,
         history=config.history, line_search=config.line_search, on_iteration=on_iteration,
     )
     return (x.view(shape), [s.iterations for s in states], [s.evaluations for s in states],

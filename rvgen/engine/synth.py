@@ -16,6 +16,7 @@ at that size, so the last level optimises exactly the single-scale objective.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -143,11 +144,15 @@ class Synthesizer:
         at the output size), optimised together. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
+        Each result's ``seconds`` is the whole batch's time (its images were made together);
+        ``iterations`` and ``evaluations`` add up all levels; with a pyramid, ``initial_loss``
+        is the loss of the last level's start (the upsampled coarse result).
         Raises ``torch.OutOfMemoryError`` when the batch does not fit (see
         :func:`rvgen.engine.batching.run_with_fallback`).
         """
         if not contents:
             return []
+        started = time.perf_counter()
         variations = list(variations) if variations is not None else [0] * len(contents)
         if len(variations) != len(contents):
             raise ValueError("one variation per content")
@@ -162,7 +167,7 @@ class Synthesizer:
         budgets = [lower] * (len(factors) - 1) + [config.iterations]
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
-        totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents), "seconds": 0.0}
+        totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
         x = None
         outcomes: list[Result | RvgenError] = []
         for level, (factor, budget) in enumerate(zip(factors, budgets)):
@@ -187,7 +192,6 @@ class Synthesizer:
                 totals["iterations"][i] += outcome.iterations
                 totals["evaluations"][i] += outcome.evaluations
                 images.append(outcome.image)
-            totals["seconds"] += max((o.seconds for o in outcomes if isinstance(o, Result)), default=0.0)
             x = torch.cat(images)
         final: list[Result | RvgenError] = []
         for i, outcome in enumerate(outcomes):
@@ -196,7 +200,7 @@ class Synthesizer:
                 continue
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
-            outcome.seconds = totals["seconds"]
+            outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
 
