@@ -236,7 +236,7 @@ def plugins(as_json: bool) -> None:
               help="Reconstruct: comma list of layers, one column each (VGG names map to a ResNet's equivalents).")
 @click.option("--seeds", metavar="SEEDS", help="Comma list of backbone seeds, one column each.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (as in run).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", "--devices", "device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
 def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str | None, layers: str | None,
             seeds: str | None, overrides: tuple[str, ...], device: str, quiet: bool) -> None:
