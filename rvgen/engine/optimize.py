@@ -134,7 +134,9 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
     few iterations; clamping only the result then undoes much of the optimisation. So the
     objective is evaluated at the clamped image (what will be saved) plus a quadratic
     pull of out-of-range pixels back to the boundary (where the clamp's zero gradient
-    would otherwise strand them). The loss reported is the clamped image's.
+    would otherwise strand them). L-BFGS sees that sum, value and gradient alike (a line
+    search given one function's value and another's gradient fails); the final loss reported
+    is the clamped image's.
     """
 
     def evaluate(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +145,9 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
         with objective.subset(rows):
             total, _ = objective(inside)
         outside = (x - inside).pow(2).flatten(1).mean(1)
-        (grad,) = torch.autograd.grad((total + BOX_PULL * outside).sum(), x)
-        return total.detach(), grad.reshape(x.shape[0], -1)
+        loss = total + BOX_PULL * outside  # the line search needs the function its gradient is of
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad.reshape(x.shape[0], -1)
 
     return evaluate
 
