@@ -13,6 +13,9 @@ from rvgen.params import Param
 PIXELS = "pixels"
 """Pseudo-layer every backbone offers: the image itself (for pixel losses such as ``tv``)."""
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class Backbone(nn.Module):
     """Base class of backbone plugins.
@@ -51,6 +54,21 @@ class Backbone(nn.Module):
 
     def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def keep_layers(self, options: Mapping[str, Any], layers: Iterable[str]) -> int:
+        """Set ``self.names`` to the layers up to the deepest one in ``layers`` (all of them
+        when none is) and return how many that is: the depth to build."""
+        names = self.layer_names(options)
+        wanted = [n for n in layers if n in names]
+        depth = max((names.index(n) for n in wanted), default=len(names) - 1) + 1
+        self.names = names[:depth]
+        return depth
+
+    def register_normalization(self, normalize: str) -> None:
+        """``mean`` and ``std`` buffers: ImageNet's for ``"imagenet"``, identity for ``"none"``."""
+        imagenet = normalize == "imagenet"
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN if imagenet else (0.0, 0.0, 0.0)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD if imagenet else (1.0, 1.0, 1.0)).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         layers = set(layers)

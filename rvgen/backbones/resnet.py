@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from rvgen.backbones import Backbone, full_precision
-from rvgen.backbones.vgg import IMAGENET_MEAN, IMAGENET_STD
 from rvgen.hookspecs import hookimpl
 from rvgen.params import Param
 
@@ -99,10 +98,7 @@ class RandomResNet(Backbone):
         from torchvision.ops import FrozenBatchNorm2d
 
         super().__init__(options, layers)
-        names = self.layer_names(options)
-        wanted = [n for n in layers if n in names]
-        depth = max((names.index(n) for n in wanted), default=len(names) - 1) + 1
-        self.names = names[:depth]
+        depth = self.keep_layers(options, layers)
         kind, blocks = STAGES[self.arch]
         block_cls = BasicBlock if kind == "basic" else Bottleneck
         # Built on the meta device (no default init, no use of the global RNG), then given
@@ -133,10 +129,7 @@ class RandomResNet(Backbone):
                     module.bias.zero_()
                     module.running_mean.zero_()
                     module.running_var.fill_(1.0)
-        mean = IMAGENET_MEAN if options["normalize"] == "imagenet" else (0.0, 0.0, 0.0)
-        std = IMAGENET_STD if options["normalize"] == "imagenet" else (1.0, 1.0, 1.0)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_normalization(options["normalize"])
 
     def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)

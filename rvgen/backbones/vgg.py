@@ -27,8 +27,6 @@ VGG_CFGS = {
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def vgg_layer_names(cfg: list) -> list[str]:
@@ -78,10 +76,7 @@ class VGGFeatures(Backbone):
 
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
         super().__init__(options, layers)
-        names = self.layer_names(options)
-        wanted = [n for n in layers if n in names]
-        depth = max((names.index(n) for n in wanted), default=len(names) - 1) + 1
-        self.names = names[:depth]
+        depth = self.keep_layers(options, layers)
         modules: list[nn.Module] = []
         in_channels = 3
         for v in VGG_CFGS[self.cfg_key]:
@@ -94,10 +89,7 @@ class VGGFeatures(Backbone):
             modules += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
             in_channels = v
         self.body = nn.ModuleList(modules[:depth])
-        mean = IMAGENET_MEAN if options.get("normalize", "imagenet") == "imagenet" else (0.0, 0.0, 0.0)
-        std = IMAGENET_STD if options.get("normalize", "imagenet") == "imagenet" else (1.0, 1.0, 1.0)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_normalization(options.get("normalize", "imagenet"))
 
     def convs(self) -> list[tuple[int, nn.Conv2d]]:
         """(index in ``body`` and torchvision's ``features``, module) of every conv built, in order."""
