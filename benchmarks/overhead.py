@@ -52,7 +52,7 @@ def main() -> None:
         "optimizer": {"name": args.optimizer, "iterations": args.iterations},
         "output": {"size": args.size},
     })
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({"style": imageio.load_image("skimage:hubble_deep_field", args.size)})
     content = imageio.load_image("skimage:astronaut", args.size)
     synth.objective.set_targets({"input": content})

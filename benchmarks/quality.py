@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 "optimizer": {"iterations": args.iterations},
                 "output": {"size": args.size},
             })
-            synth = Synthesizer(recipe, "cpu")
+            synth = recipe.build("cpu")
             synth.set_references({})
             for ii, (src, img) in enumerate(inputs.items()):
                 res = synth.run(img)

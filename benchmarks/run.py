@@ -58,8 +58,8 @@ def make_synth(task: str, size: int, iterations: int, device: torch.device, prec
         "optimizer": {"iterations": iterations, "precision": precision, **optimizer},
         "output": {"size": size},
     })
-    synth = Synthesizer(recipe, device)
-    synth.set_references({name: imageio.load_image(src, side) for name, (src, side) in synth.references().items()})
+    synth = recipe.build(device)
+    synth.set_references({name: imageio.load_image(src, side) for name, (src, side) in recipe.references().items()})
     return synth
 
 

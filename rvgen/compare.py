@@ -265,7 +265,7 @@ def run_comparison(
     """Run every recipe on every input (inputs loaded once per size) and score the results.
     ``on_column`` hears of each column before its backbone is built (a stacked one can take
     minutes the first time), ``on_result`` of each result."""
-    from rvgen.engine.synth import Synthesizer
+    from rvgen.pipeline import Pipeline
 
     registry = registry or get_registry()
     task = recipes[0].task["name"]
@@ -285,9 +285,8 @@ def run_comparison(
     for c, recipe in enumerate(recipes):
         if on_column is not None:
             on_column(c, comparison.columns[c])
-        synth = Synthesizer(recipe, device, registry)
-        refs = {name: image(src, side) for name, (src, side) in synth.references().items()}
-        synth.set_references(refs)
+        refs = {name: image(src, side) for name, (src, side) in recipe.references(registry).items()}
+        synth = Pipeline(recipe, device, registry, references=refs).synth
         size = recipe.output["size"]
         for source, short in inputs:
             content = image(source, size)

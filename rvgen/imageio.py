@@ -93,7 +93,12 @@ def load_image(source: str | Path | BinaryIO, long_side: int | None = None, name
 
     ``source`` is a path, ``skimage:NAME`` or an open binary file (then ``name`` labels errors).
     """
-    img = to_rgb(_open(source, name))
+    return from_pil(_open(source, name), long_side)
+
+
+def from_pil(img: Image.Image, long_side: int | None = None) -> torch.Tensor:
+    """A PIL image (any mode) as (1, 3, H, W) in [0, 1], resized to ``long_side`` if given."""
+    img = to_rgb(img)
     if long_side is not None and max(img.size) != long_side:
         img = img.resize(fit_long_side(img.size, long_side), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.float32) / 255.0

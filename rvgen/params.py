@@ -27,7 +27,7 @@ REQUIRED: Any = _Required()
 # The kinds a parameter value can have beyond its Python type. The validator resolves
 # them using the context: ``path`` against the recipe's folder, ``layer``/``layers``
 # against the backbone's layer names, ``weighting`` against the layers of its term.
-KINDS = ("path", "layer", "layers", "weighting", "size", "loss")
+VALUE_KINDS = ("path", "layer", "layers", "weighting", "size", "loss")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Param:
     """One recipe key a plugin accepts.
 
     ``type`` is the Python type of the value (``int``, ``float``, ``bool``, ``str``,
-    ``list``), ``kind`` adds meaning the validator checks (see :data:`KINDS`).
+    ``list``), ``kind`` adds meaning the validator checks (see :data:`VALUE_KINDS`).
     """
 
     name: str
@@ -46,9 +46,12 @@ class Param:
     minimum: float | None = None
     kind: str | None = None
     nullable: bool = False
+    digest_neutral: bool = False
+    """True for a key added after results were made whose default reproduces them: while it
+    holds its default it is left out of the recipe digest, so nothing made before is redone."""
 
     def __post_init__(self) -> None:
-        if self.kind is not None and self.kind not in KINDS:
+        if self.kind is not None and self.kind not in VALUE_KINDS:
             raise ValueError(f"unknown parameter kind {self.kind!r}")
 
     @property

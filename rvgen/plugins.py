@@ -34,7 +34,7 @@ BUILTIN_SOURCE = "rvgen (built-in)"
 
 # kind -> (hook name, base class path); the base classes are imported lazily because
 # they pull in torch, and ``rvgen --help`` should not.
-KINDS = {
+PLUGIN_KINDS = {
     "backbone": ("register_backbones", "rvgen.backbones:Backbone"),
     "loss": ("register_losses", "rvgen.losses:Loss"),
     "task": ("register_tasks", "rvgen.tasks:Task"),
@@ -58,7 +58,7 @@ class Entry:
 
 
 def _base_class(kind: str) -> type:
-    module, _, attr = KINDS[kind][1].partition(":")
+    module, _, attr = PLUGIN_KINDS[kind][1].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -66,8 +66,8 @@ class Registry:
     """Everything the installed plugins registered, by kind and name."""
 
     def __init__(self, pm: pluggy.PluginManager, sources: dict[int, str]):
-        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        for kind, (hook_name, _) in KINDS.items():
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in PLUGIN_KINDS}
+        for kind, (hook_name, _) in PLUGIN_KINDS.items():
             base = _base_class(kind)
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 source = sources.get(id(impl.plugin)) or pm.get_name(impl.plugin) or "?"

@@ -1,8 +1,13 @@
-"""Recipes: TOML in, a validated :class:`Recipe` out, or one error line naming the key.
+"""Recipes: TOML in, a validated :class:`Recipe` out, or one error line naming the key;
+and from a recipe, the built objects the engine runs (:meth:`Recipe.build`).
 
 Everything is checked before any work starts: unknown tables and keys (with the nearest
 name suggested), value types, choices, plugin names, layer names and files. Paths are
 relative to the recipe file; values given with ``--set`` are relative to the working folder.
+
+The recipe digest (:meth:`Recipe.digest`) says whether an earlier result is still valid.
+It hashes the resolved recipe, leaving out keys declared ``digest_neutral`` while they hold
+their default: a key added later whose default reproduces earlier results changes no digest.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from rvgen.engine.objective import Term
-from rvgen.engine.optimize import OptimizerConfig
+from rvgen import stacked
+from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.precision import PRECISIONS
 from rvgen.errors import RecipeError
 from rvgen.params import REQUIRED, Context, Param, suggest, unknown, validate
@@ -38,8 +43,8 @@ OPTIMIZER_PARAMS = (
     Param("line_search", bool, True, "L-BFGS strong-Wolfe line search: without it, starts from noise can stall"),
     Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 (TF32 on CUDA) "
           "or bf16; Grams and losses are always fp32", choices=PRECISIONS),
-    Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory)",
-          minimum=1, nullable=True),
+    Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
+          "one at a time on a CPU)", minimum=1, nullable=True),
     Param("scales", int, 1, "levels of the multi-scale pyramid, each half the size of the next; 1 = single scale",
           minimum=1),
     Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8),
@@ -62,8 +67,16 @@ TERM_PARAMS = (
 )
 
 
+OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search")
+EXECUTION_FIELDS = ("precision", "batch_size")
+PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations")
+
+
 @dataclass(frozen=True)
 class Recipe:
+    """A validated recipe. The ``[optimizer]`` table is held as three settings: the
+    optimiser's own, where it runs (``execution``) and the coarse-to-fine ``pyramid``."""
+
     task: dict[str, Any]
     backbone: dict[str, Any]
     optimizer: OptimizerConfig
@@ -73,6 +86,10 @@ class Recipe:
     source: str = "<recipe>"
     description: str = ""
     variations: int = 1  # results per input, as the task says
+    execution: ExecutionConfig = ExecutionConfig()
+    pyramid: PyramidConfig = PyramidConfig()
+    neutral_defaults: frozenset[str] = frozenset()
+    """Dotted keys at a ``digest_neutral`` default, left out of the digest."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, paths absolute)."""
@@ -80,7 +97,7 @@ class Recipe:
             "description": self.description,
             "task": self.task,
             "backbone": self.backbone,
-            "optimizer": asdict(self.optimizer),
+            "optimizer": {**asdict(self.optimizer), **asdict(self.execution), **asdict(self.pyramid)},
             "output": self.output,
             "losses": self.losses,
             "terms": [asdict(t) for t in self.terms],
@@ -97,10 +114,38 @@ class Recipe:
         task_cls = registry.get("task", self.task["name"], "task.name").cls
         return task_cls(self.options("task"), backbone.default_layers)
 
+    def references(self, registry: Registry | None = None) -> dict[str, tuple[str, int]]:
+        """The reference images the task needs besides the input: name -> (source, long side),
+        the long side defaulting to the output size. Builds no network."""
+        size = self.output["size"]
+        return {name: (src, long_side or size)
+                for name, (src, long_side) in self.build_task(registry).references().items()}
+
+    def build(self, device: str = "cpu", registry: Registry | None = None) -> Synthesizer:
+        """The engine's :class:`~rvgen.engine.Synthesizer` for this recipe on ``device``: the task,
+        the losses, the backbone (built to the deepest layer used, stacked if asked) and the
+        objective over them. References are not loaded here (see ``set_references``)."""
+        registry = registry or get_registry()
+        task = self.build_task(registry)
+        terms = list(task.terms()) + list(self.terms)
+        losses = [registry.get("loss", t.loss, "loss").cls(**self.losses.get(t.loss, {})) for t in terms]
+        layers = {layer for t in terms for layer in t.layers}
+        backbone_cls = registry.get("backbone", self.backbone["name"], "backbone.name").cls
+        backbone = backbone_cls(self.options("backbone"), layers)
+        stacked.apply(backbone)
+        objective = Objective(backbone.eval().requires_grad_(False), terms, losses)
+        return Synthesizer(task, objective, self.optimizer, self.pyramid, self.execution, device)
+
     def digest(self) -> str:
         """A hash of everything that changes results (not the description)."""
         data = self.to_dict()
         data.pop("description")
+        for key in self.neutral_defaults:  # "task.x", "losses.gram.x": the table's path, then the key
+            *path, name = key.split(".")
+            table = data
+            for part in path:
+                table = table.get(part, {})
+            table.pop(name, None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -213,17 +258,31 @@ def parse_recipe(
     description = data.get("description", "")
     if not isinstance(description, str):
         raise RecipeError("description: expected a string")
+    neutral = neutral_defaults("task", task_opts, task_cls.params) | neutral_defaults(
+        "backbone", backbone_opts, backbone.params
+    ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS)
+    for loss_name, opts in losses.items():
+        neutral |= neutral_defaults(f"losses.{loss_name}", opts, registry.get("loss", loss_name, "loss").cls.params)
     return Recipe(
         task={"name": task_cls.name, **task_opts},
         backbone={"name": backbone_name, **backbone_opts},
-        optimizer=OptimizerConfig(**optimizer),
+        optimizer=OptimizerConfig(**{k: optimizer[k] for k in OPTIMIZER_FIELDS}),
+        execution=ExecutionConfig(**{k: optimizer[k] for k in EXECUTION_FIELDS}),
+        pyramid=PyramidConfig(**{k: optimizer[k] for k in PYRAMID_FIELDS}),
         output=output,
         losses=losses,
         terms=tuple(terms),
         source=source,
         description=description,
         variations=task.variations(),
+        neutral_defaults=frozenset(neutral),
     )
+
+
+def neutral_defaults(section: str, values: Mapping[str, Any], params: Sequence[Param]) -> set[str]:
+    """Dotted keys of ``section`` declared ``digest_neutral`` whose value is their default."""
+    return {f"{section}.{p.name}" for p in params
+            if p.digest_neutral and p.name in values and values[p.name] == p.default}
 
 
 def _parse_terms(items: Any, task: Any, ctx: Context, registry: Registry) -> list[Term]:

@@ -185,7 +185,7 @@ def test_internal_errors_show_a_traceback_only_with_verbose(tmp_path, photos, mo
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(worker, "Synthesizer", boom)
+    monkeypatch.setattr(worker, "Pipeline", boom)
     path = recipe(tmp_path, '[task]\nname = "reconstruct"\n')
     quiet = run("run", path, "-i", photos, "-o", tmp_path / "out")
     assert quiet.exit_code == 1, quiet.output

@@ -8,7 +8,6 @@ from conftest import sample
 
 from rvgen.backbones.vgg import RandomVGG19
 from rvgen.engine import Objective, OptimizerConfig, Term, optimize
-from rvgen.engine.synth import Synthesizer
 from rvgen.errors import OptimizationError
 from rvgen.losses import Loss, gram_matrix
 from rvgen.losses.builtin import ContentLoss, GramLoss, TotalVariationLoss
@@ -128,7 +127,7 @@ def test_style_targets_are_computed_once_per_run_not_per_image(monkeypatch):
         return original(self, features)
 
     monkeypatch.setattr(GramLoss, "prepare", counting)
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({"style": sample("coffee", 32)})
     for name in ("chelsea", "astronaut", "rocket"):
         synth.run(sample(name, 32))
@@ -138,7 +137,7 @@ def test_style_targets_are_computed_once_per_run_not_per_image(monkeypatch):
 def test_seeded_runs_are_reproducible_and_variations_differ():
     recipe = parse_recipe({"task": {"name": "texture", "layers": ["relu1_1", "relu2_1"], "variations": 2},
                            "optimizer": {"iterations": 5}, "output": {"size": 24}})
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({})
     image = sample("brick", 24)
     a, b, c = synth.run(image, 0).image, synth.run(image, 0).image, synth.run(image, 1).image
@@ -163,6 +162,6 @@ def test_explicit_layer_weights_are_used_as_given_and_auto_is_left_alone():
 def test_texture_size_as_a_long_side_keeps_the_exemplars_aspect():
     recipe = parse_recipe({"task": {"name": "texture", "layers": ["relu1_1"], "size": 30},
                            "optimizer": {"iterations": 2}, "output": {"size": 24}})
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({})
     assert synth.run(sample("rocket", 24)).image.shape[-2:] == (20, 30)  # rocket is 427 x 640

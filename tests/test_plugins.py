@@ -171,14 +171,13 @@ def test_rvgen_plugins_lists_every_builtin_with_its_options():
 
 
 def test_plugin_losses_run_in_the_engine():
-    from rvgen.engine.synth import Synthesizer
 
     registry = registry_with([L1Plugin()])
     recipe = parse_recipe(
         {"task": {"name": "texture", "loss": "l1", "layers": ["relu1_1"]}, "optimizer": {"iterations": 5},
          "output": {"size": 16}}, registry=registry,
     )
-    synth = Synthesizer(recipe, "cpu", registry)
+    synth = recipe.build("cpu", registry)
     synth.set_references({})
     result = synth.run(torch.rand(1, 3, 16, 16))
     assert result.loss < result.initial_loss

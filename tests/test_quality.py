@@ -6,7 +6,6 @@ import torch
 from conftest import psnr, sample
 
 from rvgen.backbones.vgg import RandomVGG19
-from rvgen.engine.synth import Synthesizer
 from rvgen.losses import gram_matrix
 from rvgen.recipe import parse_recipe
 
@@ -31,7 +30,7 @@ def gram_distance(a: torch.Tensor, b: torch.Tensor, net) -> float:
 
 
 def synthesize(data, content, references=None):
-    synth = Synthesizer(parse_recipe(data), "cpu")
+    synth = parse_recipe(data).build("cpu")
     synth.set_references(references or {})
     return synth.run(content)
 

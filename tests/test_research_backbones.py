@@ -10,15 +10,22 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from rvgen import imageio
 from rvgen.backbones.resnet import RandomResNet18, RandomResNet50, channel_softmax
-from rvgen.backbones.stacked import candidate_weight, reconstruction_loss, stack
 from rvgen.backbones.trained import WEIGHTS_FILE, WEIGHTS_URL, TrainedVGG19
 from rvgen.backbones.vgg import RandomVGG19
 from rvgen.errors import RecipeError
 from rvgen.recipe import parse_recipe
+from rvgen.stacked import apply, candidate_weight, reconstruction_loss, stack
 
 
 def defaults(cls, **options):
     return {p.name: p.default for p in cls.params} | options
+
+
+def stacked_vgg(options, layers):
+    """A random VGG-19 stacked as the recipe layer builds it."""
+    net = RandomVGG19(options, layers)
+    apply(net)
+    return net
 
 
 def build(cls, layers, **options):
@@ -189,7 +196,7 @@ def test_stacked_construction_keeps_the_lowest_loss_candidate_and_caches(tmp_pat
     reference = write_sample(tmp_path / "ref.png", "astronaut", 16)
     options = defaults(RandomVGG19, stacked_candidates=2, stacked_reference=str(reference), stacked_iterations=4,
                        stacked_size=16, seed=5, stacked_criterion=criterion)
-    net = RandomVGG19(options, ["relu1_2"])
+    net = stacked_vgg(options, ["relu1_2"])
     record = net.stack_record
     assert record.built == 2 and record.layers == ["relu1_1", "relu1_2"]
     assert record.path.is_file() and record.path.parent == tmp_path / "cache" / "stacked"
@@ -212,14 +219,14 @@ def test_stacked_construction_keeps_the_lowest_loss_candidate_and_caches(tmp_pat
             conv.weight.copy_(candidates[best])
         assert losses[0] != losses[1]
 
-    again = RandomVGG19(options, ["relu1_2"])
+    again = stacked_vgg(options, ["relu1_2"])
     assert again.stack_record.built == 0  # from the cache
     assert all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in zip(again.convs(), net.convs()))
-    deeper = RandomVGG19(options, ["relu2_1"])
+    deeper = stacked_vgg(options, ["relu2_1"])
     assert deeper.stack_record.built == 1 and len(deeper.stack_record.chosen) == 3  # extends the cached two
     assert torch.equal(deeper.body[2].weight, net.body[2].weight)
 
-    other = RandomVGG19(options | {"seed": 6}, ["relu1_1"])
+    other = stacked_vgg(options | {"seed": 6}, ["relu1_1"])
     assert other.stack_record.path != record.path and other.stack_record.built == 1
 
 
@@ -230,7 +237,7 @@ def test_stacked_cache_survives_a_corrupt_file(tmp_path, monkeypatch):
                        stacked_size=16)
     record = stack(RandomVGG19(defaults(RandomVGG19), ["relu1_1"]), options)
     record.path.write_bytes(b"garbage")
-    again = RandomVGG19(options, ["relu1_1"])
+    again = stacked_vgg(options, ["relu1_1"])
     assert again.stack_record.built == 1 and again.stack_record.chosen == record.chosen
 
 

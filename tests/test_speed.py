@@ -7,11 +7,12 @@ import torch
 from conftest import sample
 
 from rvgen.engine import memory, precision
-from rvgen.engine.batching import group_by_size, iter_with_fallback, run_with_fallback
+from rvgen.engine.fallback import group_by_size, iter_with_fallback, run_with_fallback
 from rvgen.engine.lbfgs import batched_lbfgs
 from rvgen.engine.objective import Objective, Term
 from rvgen.engine.optimize import OptimizerConfig, Result, optimize_batch
-from rvgen.engine.synth import Synthesizer, pyramid
+from rvgen.engine.pyramid import pyramid
+from rvgen.engine.synth import Synthesizer
 from rvgen.errors import OptimizationError, OutOfMemory, RecipeError
 from rvgen.losses import Loss, _Gram, gram_matrix
 from rvgen.losses.builtin import ContentLoss, GramLoss
@@ -26,7 +27,7 @@ def style_synth(size=32, iterations=8, **optimizer):
         "optimizer": {"iterations": iterations, **optimizer},
         "output": {"size": size},
     })
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({"style": sample("coffee", size)})
     return synth
 
@@ -190,7 +191,7 @@ def test_the_pyramid_carries_its_coarse_result_up_and_keeps_up_with_single_scale
     losses, starts = {}, {}
     for label, optimizer in {"single": {"iterations": 16},
                              "pyramid": {"iterations": 12, "scales": 2, "min_size": 32, "scale_iterations": 16}}.items():
-        synth = Synthesizer(parse_recipe({**recipe, "optimizer": optimizer}), "cpu")
+        synth = parse_recipe({**recipe, "optimizer": optimizer}).build("cpu")
         synth.set_references({})
         progress = []
         result = synth.run(exemplar, 0, progress.append)
@@ -248,7 +249,7 @@ def test_the_gram_matrix_backward_is_the_exact_gradient_in_both_layouts():
 def test_memory_estimate_grows_with_size_and_batch_and_counts_the_saved_activations():
     synth = style_synth()
     fp32 = precision.Numerics("fp32", False)
-    config = synth.recipe.optimizer
+    config = synth.optimizer
     small = memory.estimate(synth.objective, (32, 32), config, fp32)
     large = memory.estimate(synth.objective, (64, 64), config, fp32)
     assert large.per_image > 3 * small.per_image and large.total(2) > large.total(1)
@@ -268,7 +269,8 @@ def test_memory_estimate_grows_with_size_and_batch_and_counts_the_saved_activati
         synth.objective.backbone(x, synth.objective.layers)
     assert large.activations == pytest.approx(sum(saved.values()), rel=0.05)
     assert large.activations < large.per_image < 10 * large.activations + 3 * 64 * 64 * 4 * 110
-    assert memory.choose_batch_size(large, "cpu", jobs=3, requested=8) == 3
+    assert synth.batch_size((64, 64), jobs=10) == 1  # on a CPU one image at a time, unless the recipe says
+    assert style_synth(batch_size=8).batch_size((64, 64), jobs=3) == 3
     assert memory.choose_batch_size(large, "cpu", jobs=10, free=int(large.total(2) / memory.HEADROOM) + 1) == 2
     assert memory.choose_batch_size(large, "cpu", jobs=10, free=0) == 1
 
@@ -339,7 +341,7 @@ def test_the_lbfgs_loss_is_the_function_its_gradient_is_of_outside_the_box_too()
     from rvgen.engine.optimize import evaluator
 
     recipe = parse_recipe({"task": {"name": "reconstruct", "layer": "relu1_1"}, "output": {"size": 24}})
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.objective.double()
     content = (square("astronaut", 24).double() * 1.5).clamp(0, 1)  # saturated highlights
     synth.objective.set_targets({"input": content})
@@ -357,7 +359,7 @@ def test_the_lbfgs_loss_is_the_function_its_gradient_is_of_outside_the_box_too()
 def test_a_reconstruction_from_relu1_1_runs_its_iterations_and_is_exact():
     recipe = parse_recipe({"task": {"name": "reconstruct", "layer": "relu1_1"}, "optimizer": {"iterations": 60},
                            "output": {"size": 48}})
-    synth = Synthesizer(recipe, "cpu")
+    synth = recipe.build("cpu")
     synth.set_references({})
     content = sample("chelsea", 48)
     result = synth.run(content)

@@ -115,7 +115,7 @@ class RandomVGG(VGGFeatures):
     """Base of the random VGG backbones; subclasses pick the torchvision config.
 
     With ``stacked_candidates`` >= 2 the weights are the paper's *stacked* ranVGG, chosen
-    greedily layer by layer (see :mod:`rvgen.backbones.stacked`) and cached on disk.
+    greedily layer by layer by :mod:`rvgen.stacked` when a recipe builds it, and cached on disk.
     """
 
     variants = {
@@ -149,11 +149,7 @@ class RandomVGG(VGGFeatures):
             for _, conv in self.convs():
                 conv.weight.copy_(draw_conv_weight(tuple(conv.weight.shape), options["init"], options["std"], generator))
                 conv.bias.zero_()
-        self.stack_record = None
-        if options.get("stacked_candidates", 0) >= 2:
-            from rvgen.backbones.stacked import stack
-
-            self.stack_record = stack(self, options)
+        self.stack_record = None  # set by rvgen.stacked.apply when the options ask for stacking
 
 
 class RandomVGG19(RandomVGG):

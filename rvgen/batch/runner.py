@@ -42,13 +42,12 @@ from rvgen.batch.state import RunKey
 from rvgen.batch.worker import (
     Stopped,
     Worker,
-    load_references,
     make_remote,
     process_main,
     start_failure,
     write_result,
 )
-from rvgen.engine.synth import reference_sources
+from rvgen.pipeline import load_references
 from rvgen.errors import ImageError, RecipeError, UsageError
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
@@ -168,7 +167,7 @@ def prepare(recipe: Recipe, registry: Registry | None = None) -> RunKey:
     """Check the task's reference images open (a broken style image is a recipe error, before
     any work) and make the run's key from the recipe and their hashes."""
     sources = {}
-    for name, (source, _) in reference_sources(recipe, registry).items():
+    for name, (source, _) in recipe.references(registry).items():
         try:
             imageio.load_image(source, 16)
         except ImageError as exc:
@@ -325,7 +324,7 @@ def _run_dask(recipe: Recipe, key: RunKey, jobs: Sequence[Job], tracker: Tracker
     except (OSError, TimeoutError) as exc:
         raise UsageError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
     try:
-        references = load_references(reference_sources(recipe))
+        references = load_references(recipe.references())
         tracker(WorkerReady("dask", scheduler))
 
         def tasks() -> Iterator:

@@ -1,4 +1,4 @@
-"""A worker: one device, one :class:`~rvgen.engine.synth.Synthesizer`, images until none are left.
+"""A worker: one device, one :class:`~rvgen.pipeline.Pipeline`, images until none are left.
 
 The backbone, the losses and the recipe's fixed targets (the style image's Grams, built
 once) live as long as the worker. For each job the worker loads the input, optimises, and
@@ -35,10 +35,9 @@ from rvgen.batch.events import (
 )
 from rvgen.batch.jobs import Job
 from rvgen.batch.state import RunKey, input_identity
-from rvgen.engine.batching import iter_with_fallback
-from rvgen.engine.optimize import Progress, Result
-from rvgen.engine.synth import Synthesizer
-from rvgen.errors import ImageError, RecipeError, RvgenError
+from rvgen.engine import Progress, Result
+from rvgen.errors import RvgenError
+from rvgen.pipeline import Pipeline
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
 
@@ -71,18 +70,6 @@ def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: 
     imageio.write_json(sidecar(recipe, key, job, result, device), job.sidecar)
 
 
-def load_references(sources: Mapping[str, tuple[str, int]]) -> dict[str, torch.Tensor]:
-    """The task's reference images (name -> (source, long side)); one that cannot be read is a
-    recipe error."""
-    images = {}
-    for name, (source, long_side) in sources.items():
-        try:
-            images[name] = imageio.load_image(source, long_side)
-        except ImageError as exc:
-            raise RecipeError(f"task.{name}: {exc}") from None
-    return images
-
-
 def failure_reason(exc: BaseException, device: str, size: int) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         return f"out of memory on {device} at {size} px; try a smaller output.size"
@@ -104,20 +91,7 @@ class Worker:
     ):
         self.recipe, self.key, self.device, self.name = recipe, key, device, name
         self.emit, self.should_stop = emit, should_stop
-        self.synth = Synthesizer(recipe, device, registry)
-        self.synth.set_references(load_references(self.synth.references()))
-
-    def batch_size(self) -> int:
-        """Jobs to take from the queue at once: ``optimizer.batch_size`` if the recipe sets it;
-        on a GPU, as many images at the output size as fit in free memory; on a CPU one, where
-        batching saves little and would only hold images back from the other workers."""
-        requested = self.recipe.optimizer.batch_size
-        if requested is not None:
-            return requested
-        if self.synth.device.type == "cpu":
-            return 1
-        size = self.recipe.output["size"]
-        return self.synth.batch_size((size, size), MAX_TAKE)
+        self.pipeline = Pipeline(recipe, device, registry)
 
     def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
         """Progress of image ``index`` of ``jobs``: a Step event (and a stop check) at most
@@ -155,8 +129,8 @@ class Worker:
         self.emit(ImageStarted(self.name, job))
         report = self._reporter([job])
         try:
-            content = imageio.load_image(job.source, self.recipe.output["size"])
-            result = self.synth.run(content, job.variation, lambda progress: report(0, progress))
+            content = self.pipeline.load(job.source)
+            result = self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress))
         except (Stopped, KeyboardInterrupt):
             self.emit(ImageAbandoned(self.name, job))
             raise
@@ -174,7 +148,7 @@ class Worker:
         ready, contents = [], []
         for job in jobs:
             try:
-                contents.append(imageio.load_image(job.source, self.recipe.output["size"]))
+                contents.append(self.pipeline.load(job.source))
             except Exception as exc:
                 self.emit(ImageStarted(self.name, job))
                 self._fail(job, exc)
@@ -190,8 +164,7 @@ class Worker:
         variations = [job.variation for job in ready]
         finished: set[int] = set()
         try:
-            for index, outcome in iter_with_fallback(self.synth, contents, variations, self._reporter(ready),
-                                                     on_batch=on_batch):
+            for index, outcome in self.pipeline.results(contents, variations, self._reporter(ready), on_batch):
                 running.discard(index)
                 finished.add(index)
                 self._finish(ready[index], outcome)
@@ -206,7 +179,7 @@ class Worker:
 
     def run(self, jobs: Iterable[Job]) -> None:
         jobs = iter(jobs)
-        take = self.batch_size()
+        take = self.pipeline.batch_size(MAX_TAKE)
         while True:
             if self.should_stop():
                 raise Stopped
@@ -262,7 +235,7 @@ def process_main(
         pass
 
 
-_CACHED: dict[tuple[str, str], Synthesizer] = {}
+_CACHED: dict[tuple[str, str], Pipeline] = {}
 
 
 def make_remote(
@@ -280,15 +253,14 @@ def make_remote(
     size = recipe.output["size"]
     try:
         cache_key = (recipe.digest(), device)
-        synth = _CACHED.get(cache_key)
-        if synth is None:
-            synth = Synthesizer(recipe, device)
-            synth.set_references(dict(references))
+        pipeline = _CACHED.get(cache_key)
+        if pipeline is None:
+            pipeline = Pipeline(recipe, device, references=references)
             _CACHED.clear()
-            _CACHED[cache_key] = synth
+            _CACHED[cache_key] = pipeline
         source = job.source if data is None else io.BytesIO(data)
         content = imageio.load_image(source, size, name=job.rel)
-        result = synth.run(content, job.variation)
+        result = pipeline.synth.run(content, job.variation)
         result.image = result.image.cpu()
         return job, "done", result, None, device
     except Exception as exc:

@@ -134,7 +134,6 @@ class ImageState:
     search: LineSearch | None = None
     phase: str = "new"  # new (needs a direction) | search | reeval | done
     error: str | None = None
-    trace: list[float] = field(default_factory=list)
 
 
 def batched_lbfgs(
@@ -278,7 +277,6 @@ def batched_lbfgs(
             st.accepted = st.step
             st.loss = value
             take[i] = True
-            st.trace.append(value)
             if on_iteration is not None:
                 on_iteration(i, st)
             if st.iterations >= iterations or st.evaluations >= max_evaluations:

@@ -5,7 +5,7 @@ its backward pass (measured by running it on PyTorch's ``meta`` device, which al
 nothing, and recording every tensor autograd saves), the float32 copies the losses keep
 at their layers, the gradient buffers of the backward pass, and the optimiser's state per
 image (an L-BFGS history of ``2 * history`` images, or Adam's two moments). It is meant to
-be a little pessimistic; the CUDA out-of-memory fallback in :mod:`rvgen.engine.batching`
+be a little pessimistic; the CUDA out-of-memory fallback in :mod:`rvgen.engine.fallback`
 covers the rest.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,7 +25,6 @@ from rvgen.engine.precision import Numerics
 
 HEADROOM = 0.85  # fraction of the free memory batches may plan to use
 MAX_BATCH = 64
-CPU_MAX_BATCH = 4  # on a CPU, batching saves little (it is compute bound at batch 1)
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,16 @@ def _saved_numel(backbone: torch.nn.Module, layers: tuple[str, ...], shape: tupl
     return saved, {name: f.numel() for name, f in feats.items()}
 
 
-_META_CACHE: dict[int, torch.nn.Module] = {}
+# Keyed by the backbone itself, weakly: the copy goes when the backbone does, so a new
+# backbone can never be handed another's copy (as one reusing a freed id() could).
+_META_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 
 
 def _meta_copy(backbone: torch.nn.Module) -> torch.nn.Module:
-    key = id(backbone)
-    if key not in _META_CACHE:
-        _META_CACHE[key] = copy.deepcopy(backbone).to("meta")
-    return _META_CACHE[key]
+    meta = _META_CACHE.get(backbone)
+    if meta is None:
+        meta = _META_CACHE[backbone] = copy.deepcopy(backbone).to("meta")
+    return meta
 
 
 def estimate(objective: Objective, shape: tuple[int, int], config: OptimizerConfig, numerics: Numerics) -> MemoryEstimate:
@@ -111,12 +113,8 @@ def _available_ram() -> int:
     return _ram_total() // 2
 
 
-def choose_batch_size(est: MemoryEstimate, device: torch.device | str, jobs: int,
-                      requested: int | None = None, free: int | None = None) -> int:
-    """Images per batch: ``requested`` if given, else as many as fit (at least 1, at most ``jobs``)."""
-    if requested is not None:
-        return max(1, min(requested, jobs))
-    device = torch.device(device)
-    cap = MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
+def choose_batch_size(est: MemoryEstimate, device: torch.device | str, jobs: int, free: int | None = None) -> int:
+    """As many images as fit in ``free`` bytes (default: free on ``device`` now), at least 1,
+    at most ``jobs`` and :data:`MAX_BATCH`."""
     free = free_memory(device) if free is None else free
-    return max(1, min(est.fits(free), cap, jobs))
+    return max(1, min(est.fits(free), MAX_BATCH, jobs))

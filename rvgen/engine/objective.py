@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from rvgen.backbones import Backbone
-from rvgen.losses import Loss
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,9 @@ class PerImage(tuple):
 
 
 class Objective(nn.Module):
-    def __init__(self, backbone: Backbone, terms: Sequence[Term], losses: Sequence[Loss]):
+    def __init__(self, backbone: nn.Module, terms: Sequence[Term], losses: Sequence[nn.Module]):
+        """``backbone(x, layers)`` returns named features (a :class:`rvgen.backbones.Backbone`);
+        ``losses[i]`` compares term ``i``'s features (a :class:`rvgen.losses.Loss`)."""
         super().__init__()
         if len(terms) != len(losses):
             raise ValueError("one loss module per term")

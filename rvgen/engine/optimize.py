@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,20 +23,20 @@ from rvgen.errors import OptimizationError
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 BOX_PULL = 1.0  # weight of the pull of L-BFGS's out-of-range pixels back into [0, 1]
 REPORT_INTERVAL = 0.25  # seconds between Adam progress reports (each one syncs the device)
+HISTORY_POINTS = 48  # a result's loss history keeps between this many and twice as many points
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """How the pixels are optimised: the algorithm and its budget. Where it runs (precision,
+    batch size) is :class:`~rvgen.engine.precision.ExecutionConfig`; the coarse-to-fine
+    levels are :class:`~rvgen.engine.pyramid.PyramidConfig`."""
+
     name: str = "lbfgs"
     iterations: int = 300
     lr: float | None = None
     history: int = 50
     line_search: bool = True
-    precision: str = "auto"
-    batch_size: int | None = None
-    scales: int = 1
-    min_size: int = 64
-    scale_iterations: int | None = None
 
     @property
     def learning_rate(self) -> float:
@@ -59,6 +59,24 @@ class Result:
     iterations: int
     seconds: float
     evaluations: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)
+    """(iteration, loss) points along the way, thinned to at most ``2 * HISTORY_POINTS``."""
+
+
+class LossHistory:
+    """(iteration, loss) points of one image, thinned as they come: every point until
+    ``2 * limit`` are kept, then every other one, and from then on every ``stride``-th."""
+
+    def __init__(self, limit: int = HISTORY_POINTS):
+        self.limit, self.stride, self.points = limit, 1, []
+
+    def add(self, iteration: int, loss: float) -> None:
+        if iteration % self.stride:
+            return
+        self.points.append((iteration, loss))
+        if len(self.points) >= 2 * self.limit:
+            self.stride *= 2
+            self.points = [p for p in self.points if p[0] % self.stride == 0]
 
 
 BatchCallback = Callable[[int, Progress], None]
@@ -84,10 +102,17 @@ def optimize_batch(
 ) -> list[Result | OptimizationError]:
     """Optimise the pixels of every image of ``x0`` (B, 3, H, W); one outcome per image."""
     start = time.perf_counter()
+    histories = [LossHistory() for _ in range(x0.shape[0])]
+
+    def record(i: int, progress: Progress) -> None:
+        histories[i].add(progress.iteration, progress.loss)
+        if callback is not None:
+            callback(i, progress)
+
     if config.name == "lbfgs":
-        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, callback)
+        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, record)
     elif config.name == "adam":
-        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, callback)
+        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, record)
     else:
         raise ValueError(f"unknown optimizer {config.name!r}")
     x = x.clamp(0, 1)
@@ -108,6 +133,7 @@ def optimize_batch(
             iterations=iterations[i],
             seconds=seconds,
             evaluations=evaluations[i],
+            history=histories[i].points,
         ))
     return outcomes
 

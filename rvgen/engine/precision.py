@@ -19,6 +19,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """Where and how an optimisation runs, as opposed to what it optimises: the backbone's
+    precision (one of :data:`PRECISIONS`) and the images per batch (``None``: one at a time
+    on a CPU, as many as fit on a GPU; see :meth:`rvgen.engine.synth.Synthesizer.batch_size`)."""
+
+    precision: str = "auto"
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Numerics:
     """What a device runs the backbone with: the resolved precision and layout."""
 

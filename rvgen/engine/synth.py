@@ -1,17 +1,21 @@
-"""A recipe made ready to run: the task, the frozen backbone and the objective, built once.
+"""A synthesizer: one task's objective, ready to optimise batches of images on one device.
 
-A :class:`Synthesizer` is what a worker holds. Building it costs the backbone; the targets
-of fixed reference images (the style image's Grams) are computed once per pyramid level by
-:meth:`~Synthesizer.set_references`; each :meth:`~Synthesizer.run_batch` then only computes
-its inputs' targets and optimises them together. It receives tensors, never reads files.
+It is handed everything already built (the task, the :class:`~rvgen.engine.objective.Objective`
+over a frozen backbone, and the optimiser, pyramid and execution settings), so the engine
+never reads a recipe or looks up a plugin. The targets of fixed reference images (the style
+image's Grams) are computed once per pyramid level by :meth:`~Synthesizer.set_references`;
+each :meth:`~Synthesizer.run_batch` then only computes its inputs' targets and optimises them
+together. It receives tensors, never reads files.
 
-With ``optimizer.scales > 1`` each batch is optimised over an image pyramid: first at the
-smallest level, then upsampled to the next level and optimised again, up to the output
-size (as crowsonkb's style_transfer does). Coarse levels are cheap and settle the large
-structures, so the full-size level needs far fewer iterations for the same loss. Each
-level's objective is the single-scale objective at that size: targets from the inputs and
-references resized to it, and automatic layer weights from the task's own starting image
-at that size, so the last level optimises exactly the single-scale objective.
+With a pyramid (:mod:`rvgen.engine.pyramid`) each level's objective is the single-scale
+objective at that size: targets from the inputs and references resized to it, and automatic
+layer weights from the task's own starting image at that size, so the last level optimises
+exactly the single-scale objective.
+
+The task is used through four attributes: ``canvas(content)`` (the result's size),
+``init(content, shape, generator)`` (the starting image), and ``options["seed"]``, with
+which the starting image of variation ``k`` is drawn from a generator seeded
+``seed + VARIATION_SEED_STRIDE * k``.
 """
 
 from __future__ import annotations
@@ -19,81 +23,51 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from rvgen.engine import memory, precision
 from rvgen.engine.objective import Objective
 from rvgen.engine.optimize import BatchCallback, OptimizerConfig, Progress, Result, optimize_batch
+from rvgen.engine.precision import ExecutionConfig
+from rvgen.engine.pyramid import PyramidConfig, resize, scaled
 from rvgen.errors import RvgenError
-from rvgen.plugins import Registry, get_registry
-from rvgen.recipe import Recipe
 
 VARIATION_SEED_STRIDE = 7919
 
 
-def reference_sources(recipe: Recipe, registry: Registry | None = None, task=None) -> dict[str, tuple[str, int]]:
-    """The reference images a recipe's task needs besides the input: name -> (source, long
-    side), the long side defaulting to the output size. Builds no network."""
-    task = task or recipe.build_task(registry or get_registry())
-    size = recipe.output["size"]
-    return {name: (src, long_side or size) for name, (src, long_side) in task.references().items()}
-
-
-def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Resize (B, 3, H, W) to ``shape``: antialiased when shrinking, bicubic (clamped) when growing."""
-    if tuple(image.shape[-2:]) == tuple(shape):
-        return image
-    if shape[0] <= image.shape[-2] and shape[1] <= image.shape[-1]:
-        return F.interpolate(image, size=shape, mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(image, size=shape, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def scaled(shape: tuple[int, int], factor: float) -> tuple[int, int]:
-    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
-
-
-def pyramid(canvas: tuple[int, int], scales: int, min_size: int) -> list[float]:
-    """Scale factors of the levels, smallest first, ending at 1: halving the long side each
-    level down, for ``scales`` levels at most, none whose long side is under ``min_size``."""
-    long_side = max(canvas)
-    factors = [1.0]
-    for k in range(1, scales):
-        if long_side / 2**k < min_size:
-            break
-        factors.insert(0, 0.5**k)
-    return factors
-
-
 class Synthesizer:
-    def __init__(self, recipe: Recipe, device: torch.device | str = "cpu", registry: Registry | None = None):
-        registry = registry or get_registry()
-        self.recipe = recipe
+    def __init__(
+        self,
+        task: Any,
+        objective: Objective,
+        optimizer: OptimizerConfig,
+        pyramid: PyramidConfig = PyramidConfig(),
+        execution: ExecutionConfig = ExecutionConfig(),
+        device: torch.device | str = "cpu",
+    ):
+        self.task = task
+        self.optimizer, self.pyramid, self.execution = optimizer, pyramid, execution
         self.device = torch.device(device)
-        backbone_cls = registry.get("backbone", recipe.backbone["name"], "backbone.name").cls
-        self.task = recipe.build_task(registry)
-        terms = list(self.task.terms()) + list(recipe.terms)
-        losses = [registry.get("loss", t.loss, "loss").cls(**recipe.losses.get(t.loss, {})) for t in terms]
-        layers = {layer for t in terms for layer in t.layers}
-        backbone = backbone_cls(recipe.options("backbone"), layers).eval().requires_grad_(False)
-        self.objective = Objective(backbone, terms, losses).to(self.device)
-        self.numerics = precision.resolve(recipe.optimizer.precision, self.device)
+        self.objective = objective.to(self.device)
+        self.numerics = precision.resolve(execution.precision, self.device)
         precision.configure_backends(self.device, self.numerics)
         precision.apply(self.objective, self.numerics)
         self._references: dict[str, torch.Tensor] = {}
         self._reference_targets: dict[float, dict] = {}
 
-    def references(self) -> dict[str, tuple[str, int]]:
-        """Reference images the task needs besides the input: name -> (source, long side)."""
-        return reference_sources(self.recipe, task=self.task)
+    @property
+    def reference_names(self) -> set[str]:
+        """The fixed images the objective compares with besides the inputs (``style``)."""
+        return self.objective.target_names - {"input"}
 
     def set_references(self, images: Mapping[str, torch.Tensor]) -> None:
         """Compute the targets of the fixed reference images (the style's Grams), once per run."""
-        missing = set(self.references()) - set(images)
+        missing = self.reference_names - set(images)
         if missing:
             raise ValueError(f"reference images missing: {sorted(missing)}")
-        self._references = {k: v.to(self.device) for k, v in images.items()}
+        self._references = {k: v.to(self.device) for k, v in images.items() if k in self.reference_names}
         self._reference_targets = {}
         self._use_references(1.0)
 
@@ -109,20 +83,20 @@ class Synthesizer:
             }
         self.objective.targets.update(self._reference_targets[factor])
 
-    @property
-    def variations(self) -> int:
-        return self.task.variations()
-
     def memory_estimate(self, content_shape: tuple[int, int]) -> memory.MemoryEstimate:
         """What optimising images of this input size (H, W) needs at the output level."""
         canvas = self.task.canvas(torch.empty(1, 3, *content_shape, device="meta"))
-        return memory.estimate(self.objective, tuple(canvas), self.recipe.optimizer, self.numerics)
+        return memory.estimate(self.objective, tuple(canvas), self.optimizer, self.numerics)
 
     def batch_size(self, content_shape: tuple[int, int], jobs: int) -> int:
-        """Images of this size to optimise at once: ``optimizer.batch_size`` or what fits now."""
-        requested = self.recipe.optimizer.batch_size
+        """Images of this size to optimise at once, the one rule: ``execution.batch_size`` if
+        set; else on a GPU as many as fit in free memory now; else (a CPU) one, so a CPU
+        result never depends on which images shared its batch. At most ``jobs``, at least 1."""
+        requested = self.execution.batch_size
         if requested is not None:
             return max(1, min(requested, jobs))
+        if self.device.type != "cuda":
+            return 1
         return memory.choose_batch_size(self.memory_estimate(content_shape), self.device, jobs)
 
     def _start(self, contents: torch.Tensor, variations: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
@@ -148,7 +122,7 @@ class Synthesizer:
         ``iterations`` and ``evaluations`` add up all levels; with a pyramid, ``initial_loss``
         is the loss of the last level's start (the upsampled coarse result).
         Raises ``torch.OutOfMemoryError`` when the batch does not fit (see
-        :func:`rvgen.engine.batching.run_with_fallback`).
+        :func:`rvgen.engine.fallback.iter_with_fallback`).
         """
         if not contents:
             return []
@@ -161,13 +135,13 @@ class Synthesizer:
             raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
-        config = self.recipe.optimizer
-        factors = pyramid(canvas, config.scales, config.min_size)
-        lower = config.scale_iterations or config.iterations
-        budgets = [lower] * (len(factors) - 1) + [config.iterations]
+        factors = self.pyramid.levels(canvas)
+        lower = self.pyramid.scale_iterations or self.optimizer.iterations
+        budgets = [lower] * (len(factors) - 1) + [self.optimizer.iterations]
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
         totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
+        history: list[list[tuple[int, float]]] = [[] for _ in contents]
         x = None
         outcomes: list[Result | RvgenError] = []
         for level, (factor, budget) in enumerate(zip(factors, budgets)):
@@ -181,8 +155,8 @@ class Synthesizer:
             self.objective.auto_weight(start)
             x0 = start if x is None else resize(x, shape)
             offset = sum(budgets[:level])
-            report = None if callback is None else self._offset_callback(callback, offset, total)
-            outcomes = optimize_batch(self.objective, x0, config_at(config, budget), report)
+            report = None if callback is None else _offset_callback(callback, offset, total)
+            outcomes = optimize_batch(self.objective, x0, replace(self.optimizer, iterations=budget), report)
             images = []
             for i, outcome in enumerate(outcomes):
                 if isinstance(outcome, RvgenError):
@@ -191,6 +165,7 @@ class Synthesizer:
                     continue
                 totals["iterations"][i] += outcome.iterations
                 totals["evaluations"][i] += outcome.evaluations
+                history[i] += [(offset + it, loss) for it, loss in outcome.history]
                 images.append(outcome.image)
             x = torch.cat(images)
         final: list[Result | RvgenError] = []
@@ -200,13 +175,10 @@ class Synthesizer:
                 continue
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
+            outcome.history = history[i]
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
-
-    @staticmethod
-    def _offset_callback(callback: BatchCallback, offset: int, total: int) -> BatchCallback:
-        return lambda i, p: callback(i, Progress(offset + p.iteration, total, p.loss))
 
     def run(
         self,
@@ -224,6 +196,6 @@ class Synthesizer:
         return outcome
 
 
-def config_at(config: OptimizerConfig, iterations: int) -> OptimizerConfig:
-    """``config`` with another iteration count (for one pyramid level)."""
-    return replace(config, iterations=iterations)
+def _offset_callback(callback: BatchCallback, offset: int, total: int) -> BatchCallback:
+    """Progress of one pyramid level, counted over all levels."""
+    return lambda i, p: callback(i, Progress(offset + p.iteration, total, p.loss))

@@ -1,5 +1,9 @@
 """Stacked ranVGG: the paper's greedy construction of a random VGG, cached on disk.
 
+A procedure that uses the engine to choose a backbone's weights; the backbone itself knows
+nothing of it. :func:`apply` is what the recipe layer calls after building a backbone: it
+stacks a random VGG whose options ask for it (``stacked_candidates`` >= 2).
+
 For each conv layer in forward order, several candidate weight sets are drawn; with each,
 a reference image is reconstructed from that layer's ReLU (white noise in, L-BFGS on the
 scale-free content loss), and the candidate with the lowest final loss is kept before the
@@ -28,7 +32,11 @@ from typing import Any
 
 import torch
 
-from rvgen.backbones.vgg import draw_conv_weight
+from rvgen import imageio
+from rvgen.backbones.vgg import RandomVGG, draw_conv_weight
+from rvgen.engine import Objective, OptimizerConfig, Term, optimize
+from rvgen.losses.builtin import ContentLoss
+from rvgen.tasks import white_noise
 
 ALGORITHM_VERSION = 1
 CACHE_ENV = "RVGEN_CACHE_DIR"
@@ -65,11 +73,6 @@ def reconstruction_loss(backbone: torch.nn.Module, layer: str, reference: torch.
                         criterion: str = "features") -> float:
     """How badly ``reference`` comes back from ``layer`` of ``backbone`` (L-BFGS from fixed noise):
     the final content loss (``features``), or the mean squared pixel error (``pixels``)."""
-    from rvgen.engine.objective import Objective, Term
-    from rvgen.engine.optimize import OptimizerConfig, optimize
-    from rvgen.losses.builtin import ContentLoss
-    from rvgen.tasks import white_noise
-
     objective = Objective(backbone, [Term("content", "content", (layer,))], [ContentLoss()])
     objective.set_targets({"input": reference})
     x0 = white_noise(tuple(reference.shape[-2:]), torch.Generator().manual_seed(0))
@@ -119,8 +122,6 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 def stack(backbone: Any, options: dict[str, Any]) -> StackRecord:
     """Replace the conv weights of a freshly drawn random VGG ``backbone`` with the stacked choice."""
-    from rvgen import imageio
-
     reference = imageio.load_image(options["stacked_reference"], options["stacked_size"])
     path = cache_dir() / "stacked" / f"{backbone.name}-{cache_key(backbone, options, reference)}.pt"
     data = _load(path)
@@ -153,3 +154,11 @@ def stack(backbone: Any, options: dict[str, Any]) -> StackRecord:
         _save(path, data)
     count = len(backbone.convs())
     return StackRecord(path, data["layers"][:count], data["losses"][:count], data["chosen"][:count], built)
+
+
+def apply(backbone: Any) -> StackRecord | None:
+    """Stack ``backbone`` if it is a random VGG whose options ask for it; its record, or None."""
+    if not isinstance(backbone, RandomVGG) or backbone.options.get("stacked_candidates", 0) < 2:
+        return None
+    backbone.stack_record = stack(backbone, backbone.options)
+    return backbone.stack_record

@@ -1,7 +1,7 @@
 """Running many inputs through one :class:`~rvgen.engine.synth.Synthesizer` in batches.
 
 Inputs are grouped by size (a batch is one tensor), each group is cut into batches of the
-size that fits in memory (or the recipe's ``optimizer.batch_size``), and each batch is
+size :meth:`~rvgen.engine.synth.Synthesizer.batch_size` gives, and each batch is
 optimised at once. When a batch runs out of CUDA memory anyway, it is split in halves and
 retried, down to single images; an image that does not fit even alone gets a one-line
 :class:`~rvgen.errors.OutOfMemory` error and the others go on. A smaller batch size that
@@ -54,8 +54,7 @@ def iter_with_fallback(
 
     ``contents`` are (1, 3, H, W) tensors at the output size, in any mix of sizes;
     ``variations`` the variation of each (default 0); ``callback(index, progress)`` gets
-    indices into ``contents``. ``batch_size`` overrides the recipe's and the memory-based
-    choice. ``on_batch(indices)`` is called before each batch starts (for progress displays).
+    indices into ``contents``. ``batch_size`` overrides the synthesizer's rule. ``on_batch(indices)`` is called before each batch starts (for progress displays).
     Only CUDA out-of-memory errors are caught here; any other exception of a batch
     propagates (the worker decides whether to retry its images one by one).
     """

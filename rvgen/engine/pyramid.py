@@ -1,0 +1,53 @@
+"""Coarse-to-fine: the levels of the image pyramid and resizing between them.
+
+With ``scales > 1`` a batch is optimised first at the smallest level, then upsampled to the
+next and optimised again, up to the output size (as crowsonkb's style_transfer does). Coarse
+levels are cheap and settle the large structures, so the full-size level needs far fewer
+iterations for the same loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PyramidConfig:
+    """``scales`` levels at most (1: single scale), each half the size of the next, none with a
+    long side under ``min_size``; ``scale_iterations`` per level below the output size
+    (``None``: the optimiser's ``iterations``)."""
+
+    scales: int = 1
+    min_size: int = 64
+    scale_iterations: int | None = None
+
+    def levels(self, canvas: tuple[int, int]) -> list[float]:
+        return pyramid(canvas, self.scales, self.min_size)
+
+
+def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Resize (B, 3, H, W) to ``shape``: antialiased when shrinking, bicubic (clamped) when growing."""
+    if tuple(image.shape[-2:]) == tuple(shape):
+        return image
+    if shape[0] <= image.shape[-2] and shape[1] <= image.shape[-1]:
+        return F.interpolate(image, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(image, size=shape, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def scaled(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+
+
+def pyramid(canvas: tuple[int, int], scales: int, min_size: int) -> list[float]:
+    """Scale factors of the levels, smallest first, ending at 1: halving the long side each
+    level down, for ``scales`` levels at most, none whose long side is under ``min_size``."""
+    long_side = max(canvas)
+    factors = [1.0]
+    for k in range(1, scales):
+        if long_side / 2**k < min_size:
+            break
+        factors.insert(0, 0.5**k)
+    return factors

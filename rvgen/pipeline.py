@@ -1,0 +1,133 @@
+"""The one path from a recipe and images to results, and rvgen's Python API.
+
+A :class:`Pipeline` is a recipe built on one device: the task, the backbone, the losses and
+the reference images' targets (the style's Grams), made once. :meth:`Pipeline.results` runs
+any number of images through the engine in batches (the batch-size rule of
+:meth:`rvgen.engine.Synthesizer.batch_size`, with the out-of-memory fallback); ``rvgen
+run``'s workers and ``rvgen compare`` both go through it. From Python::
+
+    from rvgen import Pipeline
+
+    pipe = Pipeline.from_recipe("recipes/starry_night.toml", ["output.size=128"])
+    (out,) = pipe.run([PIL.Image.open("photo.jpg")])
+    out.image.save("painted.png"); print(out.loss, out.parts)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from rvgen import imageio
+from rvgen.engine import Progress, Result, iter_with_fallback
+from rvgen.errors import ImageError, RecipeError, RvgenError
+from rvgen.plugins import Registry
+from rvgen.recipe import Recipe, load_recipe
+
+ImageLike = Image.Image | torch.Tensor | str | Path
+
+
+@dataclass
+class Output:
+    """One result: the image (PIL and tensor) and how it was reached."""
+
+    image: Image.Image
+    tensor: torch.Tensor  # (1, 3, H, W) in [0, 1], on the CPU
+    loss: float
+    initial_loss: float
+    parts: dict[str, float]
+    iterations: int
+    seconds: float
+    history: list[tuple[int, float]] = field(default_factory=list)
+    variation: int = 0
+
+    @classmethod
+    def of(cls, result: Result, variation: int = 0) -> Output:
+        tensor = result.image.detach().float().cpu()
+        return cls(imageio.to_pil(tensor), tensor, result.loss, result.initial_loss, dict(result.parts),
+                   result.iterations, result.seconds, list(result.history), variation)
+
+
+def load_references(sources: Mapping[str, tuple[str, int]]) -> dict[str, torch.Tensor]:
+    """The task's reference images (name -> (source, long side)); one that cannot be read is a
+    recipe error."""
+    images = {}
+    for name, (source, long_side) in sources.items():
+        try:
+            images[name] = imageio.load_image(source, long_side)
+        except ImageError as exc:
+            raise RecipeError(f"task.{name}: {exc}") from None
+    return images
+
+
+class Pipeline:
+    """A recipe built on ``device``. ``references`` (name -> image tensor) skips reading the
+    task's reference images from disk (a Dask worker gets them sent)."""
+
+    def __init__(self, recipe: Recipe, device: str = "cpu", registry: Registry | None = None,
+                 references: Mapping[str, torch.Tensor] | None = None):
+        self.recipe = recipe
+        self.synth = recipe.build(device, registry)
+        self.device = self.synth.device
+        if references is None:
+            references = load_references(recipe.references(registry))
+        self.synth.set_references(references)
+
+    @classmethod
+    def from_recipe(cls, recipe: str | Path, overrides: Sequence[str] = (), device: str = "cpu",
+                    registry: Registry | None = None) -> Pipeline:
+        """Load a recipe file with ``KEY=VALUE`` overrides (as ``--set``) and build it."""
+        return cls(load_recipe(recipe, overrides, registry), device, registry)
+
+    @property
+    def size(self) -> int:
+        """The long side inputs are resized to (``output.size``)."""
+        return self.recipe.output["size"]
+
+    def load(self, image: ImageLike) -> torch.Tensor:
+        """An input as (1, 3, H, W) in [0, 1] at the output size: a PIL image, a path (or
+        ``skimage:NAME``), or a tensor (3, H, W) or (1, 3, H, W) in [0, 1]."""
+        if isinstance(image, Image.Image):
+            return imageio.from_pil(image, self.size)
+        if isinstance(image, torch.Tensor):
+            t = image.detach().float().cpu()
+            t = t.unsqueeze(0) if t.dim() == 3 else t
+            if t.dim() != 4 or t.shape[:2] != (1, 3):
+                raise ImageError(f"expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
+            return imageio.from_pil(imageio.to_pil(t), self.size) if max(t.shape[-2:]) != self.size else t
+        return imageio.load_image(image, self.size)
+
+    def batch_size(self, jobs: int) -> int:
+        """Jobs to take at once (square inputs at the output size): the engine's one rule."""
+        return self.synth.batch_size((self.size, self.size), jobs)
+
+    def results(
+        self,
+        contents: Sequence[torch.Tensor],
+        variations: Sequence[int] | None = None,
+        callback: Callable[[int, Progress], None] | None = None,
+        on_batch: Callable[[list[int]], None] | None = None,
+    ) -> Iterator[tuple[int, Result | RvgenError]]:
+        """``(index, Result or the error that ended it)`` for each of ``contents`` (loaded
+        with :meth:`load`), as each batch finishes. A stop raised by ``callback`` propagates."""
+        return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch)
+
+    def run(self, images: Sequence[ImageLike], callback: Callable[[int, Progress], None] | None = None) -> list[Output]:
+        """Every variation the recipe asks for of every image, in order (image by image, then
+        variation). Raises the first image's :class:`~rvgen.errors.RvgenError`, if one fails."""
+        contents = [self.load(image) for image in images]
+        count = self.recipe.variations
+        expanded = [c for c in contents for _ in range(count)]
+        variations = [v for _ in contents for v in range(count)]
+        outputs: list[Any] = [None] * len(expanded)
+        for index, outcome in self.results(expanded, variations, callback):
+            outputs[index] = outcome
+        for outcome in outputs:
+            if isinstance(outcome, RvgenError):
+                raise outcome
+        return [Output.of(result, variation) for result, variation in zip(outputs, variations)]
