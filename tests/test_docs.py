@@ -66,3 +66,22 @@ def test_plugin_guide_documents_the_helpers():
     guide = (ROOT / "docs" / "plugins.md").read_text()
     for helper in ("full_precision", "feature_scale", "image_scale", "gram_matrix", "white_noise", "pixels"):
         assert mentioned(helper, guide), f"{helper} is not documented in docs/plugins.md"
+
+
+def test_readme_is_short_and_links_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for page in ("architecture", "benchmarks", "research", "plugins", "recipes"):
+        assert f"(docs/{page}.md)" in readme, page
+    # the two set-up commands CI runs
+    assert "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && " \
+           "rvgen run recipes/starry_night.toml" in readme
+    assert ".venv/bin/python -m pytest -q" in readme
+
+
+def test_doc_links_point_at_files():
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            if target == "docs/architecture.md":  # written separately
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
