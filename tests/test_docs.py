@@ -26,6 +26,29 @@ def test_recipe_reference_matches_the_declared_parameters():
     )
 
 
+def test_recipe_reference_lists_a_plugins_keys(monkeypatch):
+    import rvgen.plugins
+    from rvgen import hookimpl
+    from rvgen.params import Param
+
+    class Sharpness(Loss):
+        name = "sharpness"
+        description = "a test loss"
+        params = (Param("radius", int, 2, "blur radius in pixels", minimum=1),)
+
+    class Plugin:
+        @hookimpl
+        def register_losses(self, register):
+            register(Sharpness)
+
+    registry = rvgen.plugins.registry_with([Plugin()])
+    monkeypatch.setattr(rvgen.plugins, "get_registry", lambda: registry)
+    result = CliRunner().invoke(cli, ["plugins", "--markdown"])
+    assert result.exit_code == 0, result.output
+    assert "### `[losses.sharpness]`" in result.output
+    assert "| `radius` | int | `2` | ≥ 1 | blur radius in pixels |" in result.output
+
+
 def test_recipe_reference_names_every_builtin_key():
     text = (ROOT / "docs" / "recipes.md").read_text()
     for key in ("iterations", "batch_size", "size", "style_weight", "variations", "pooling", "stacked_candidates",
