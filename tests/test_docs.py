@@ -20,7 +20,7 @@ def test_recipe_reference_matches_the_declared_parameters():
     # conftest sets RVGEN_LOAD_PLUGINS="", so only the built-ins are listed, as in the file.
     result = CliRunner().invoke(cli, ["plugins", "--markdown"])
     assert result.exit_code == 0, result.output
-    assert (ROOT / "docs" / "recipes.md").read_text() == result.output, (
+    assert (ROOT / "docs" / "recipes.md").read_text() == result.stdout, (
         "docs/recipes.md differs from the declared parameters: regenerate with "
         "`rvgen plugins --markdown > docs/recipes.md` (with RVGEN_LOAD_PLUGINS= so only the built-ins appear)"
     )
