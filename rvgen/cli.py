@@ -171,15 +171,62 @@ def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Pat
         say(f"  ... and {len(todo) - 50} more")
 
 
+def _recipe_reference(registry) -> str:
+    """The recipe key reference in Markdown, from the declared parameters (docs/recipes.md)."""
+    from rvgen.params import REQUIRED
+    from rvgen.recipe import OPTIMIZER_PARAMS, OUTPUT_PARAMS, TERM_PARAMS
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    def table(params) -> list[str]:
+        rows = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        for p in params:
+            default = ("**required**" if p.default is REQUIRED else "not set" if p.default is None
+                       else f"`{json.dumps(p.default)}`")
+            allowed = (", ".join(f"`{json.dumps(c)}`" for c in p.choices) if p.choices
+                       else f"≥ {p.minimum:g}" if p.minimum is not None else "")
+            rows.append(f"| `{p.name}` | {cell(p.type_name)} | {default} | {cell(allowed)} | {cell(p.help)} |")
+        return rows + [""]
+
+    def entries(kind: str, heading: str) -> list[str]:
+        lines = []
+        for e in sorted(registry.entries[kind].values(), key=lambda e: e.name):
+            lines += [heading.format(name=e.name), "", f"{cell(e.description).rstrip('.')}. From {e.source}.", ""]
+            lines += table(e.params) if e.params else ["No options.", ""]
+        return lines
+
+    lines = [
+        "# Recipe keys", "",
+        "<!-- Made by `rvgen plugins --markdown` from the declared parameters; do not edit by hand. -->", "",
+        "A recipe is a TOML file. Every table is optional except `[task]`, whose `name` picks the task;",
+        "`[backbone]`'s `name` picks the backbone (default `random-vgg19`). A top-level",
+        "`description = \"...\"` is free text. Paths are relative to the recipe file. Any key can be",
+        "overridden on the command line by its dotted path: `--set optimizer.iterations=50`.", "",
+        "## `[optimizer]`", "", *table(OPTIMIZER_PARAMS),
+        "## `[output]`", "", *table(OUTPUT_PARAMS),
+        "## `[[terms]]`", "", "Extra objective terms, added to the task's own.", "", *table(TERM_PARAMS),
+        "## Tasks: `[task]`", "", *entries("task", '### `name = "{name}"`'),
+        "## Backbones: `[backbone]`", "", *entries("backbone", '### `name = "{name}"`'),
+        "## Losses: `[losses.NAME]`", "",
+        "A loss's options are shared by every term that uses it.", "", *entries("loss", "### `[losses.{name}]`"),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@click.option("--markdown", is_flag=True, help="The recipe key reference in Markdown (docs/recipes.md).")
+def plugins(as_json: bool, markdown: bool) -> None:
     """List the installed backbones, losses and tasks, where they come from, and their options."""
     from rvgen.params import REQUIRED
     from rvgen.plugins import get_registry
 
     _warn_plugin_problems()
     registry = get_registry()
+    if markdown:
+        click.echo(_recipe_reference(registry), nl=False)
+        return
     if as_json:
         data = {
             kind: [
