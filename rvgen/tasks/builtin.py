@@ -9,7 +9,7 @@ from rvgen.hookspecs import hookimpl
 from rvgen.params import REQUIRED, Param
 from rvgen.tasks import Task, white_noise
 
-SEED = Param("seed", int, 0, "seed of the starting noise (variation k uses seed + k)")
+SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)")
 TV_WEIGHT = Param("tv_weight", float, 0.0, "weight of total variation on the pixels (smoothness)", minimum=0.0)
 WEIGHTING = Param("weighting", str, "auto",
                   "how the style layers share their weight: auto (the paper's gradient rule), equal, or a table",
