@@ -269,8 +269,8 @@ def plugins(as_json: bool, markdown: bool) -> None:
         console.print()
 
 
-@cli.command(epilog="Exit status: 0 done, 1 a result failed (the comparison stops there), 2 usage or recipe "
-                     "error, 130 interrupted. Results made so far are in --output/results.")
+@cli.command(epilog="Exit status: 0 done, 1 some results failed (the others are still scored), 2 usage or "
+                     "recipe error, 130 interrupted. Results made so far are in --output/results.")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-i", "--input", "input_spec", metavar="PATH",
               help="Folder, image file, or skimage:NAME[,NAME...]. Default: scikit-image's sample photos.")
@@ -283,16 +283,25 @@ def plugins(as_json: bool, markdown: bool) -> None:
               help="Reconstruct: comma list of layers, one column each (VGG names map to a ResNet's equivalents).")
 @click.option("--seeds", metavar="SEEDS", help="Comma list of backbone seeds, one column each.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (as in run).")
-@click.option("--device", "--devices", "device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--gpus", metavar="IDS", help="GPUs to use, e.g. 0,1 (one worker each), as in run.")
+@click.option("--devices", "--device", "devices", metavar="DEVICES",
+              help="Devices, e.g. cpu or cuda:0,cuda:1 (default: every GPU, else the CPU), as in run.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Workers per device; CPU workers split the cores.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
-def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str | None, layers: str | None,
-            seeds: str | None, overrides: tuple[str, ...], device: str, quiet: bool) -> None:
-    """Run RECIPE's task over the same inputs per backbone x seed x layer; write a sheet and metrics."""
+@click.pass_context
+def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path, backbones: str | None,
+            layers: str | None, seeds: str | None, overrides: tuple[str, ...], gpus: str | None,
+            devices: str | None, workers: int, quiet: bool) -> None:
+    """Run RECIPE's task over the same inputs per backbone x seed x layer; write a sheet and metrics.
+
+    Each column runs on the same workers, batches and out-of-memory fallback as run."""
     import time
 
     from rvgen import compare as cmp
-    from rvgen.batch.devices import check_device, default_devices
+    from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, find_inputs
+    from rvgen.batch.runner import worker_specs
     from rvgen.plugins import get_registry
     from rvgen.recipe import read_recipe_data
 
@@ -308,20 +317,23 @@ def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str |
     if not found:
         raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
     inputs = cmp.input_names(found)
-    device = default_devices()[0] if device == "auto" else check_device(device, "--device")
+    device_list = resolve_devices(gpus, devices)
+    specs = worker_specs(device_list, workers)
     console = Console()
     total = len(columns) * len(inputs)
     if not quiet:
-        console.print(f"{len(columns)} column(s) x {len(inputs)} input(s) on {device}", highlight=False)
+        console.print(f"{len(columns)} column(s) x {len(inputs)} input(s) on {', '.join(device_list)}"
+                      f" ({len(specs)} worker(s))", highlight=False)
 
     def report(comparison, outcome) -> None:
-        cmp.write_result(comparison, outcome, output)
-        if quiet:
-            return
-        done = len(comparison.outcomes)
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in outcome.scores.items())
-        console.print(f"[{done}/{total}] {escape(comparison.columns[outcome.column].label)} | "
-                      f"{escape(outcome.input)}: {scores} ({outcome.seconds:.1f} s)", highlight=False)
+        if not quiet:
+            done = len(comparison.outcomes) + len(comparison.failures)
+            console.print(f"[{done}/{total}] {escape(cmp.describe(comparison, outcome))}", highlight=False)
+
+    def failed(comparison, column, name, reason) -> None:
+        done = len(comparison.outcomes) + len(comparison.failures)
+        console.print(f"[{done}/{total}] {escape(comparison.columns[column].label)} | {escape(name)}: "
+                      f"FAILED {escape(reason)}", highlight=False, style="red")
 
     def announce(index, column) -> None:
         if not quiet:
@@ -330,10 +342,11 @@ def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str |
             console.print(f"column {index + 1}/{len(columns)}: {escape(column.label)}{stacked}", highlight=False)
 
     start = time.perf_counter()
-    comparison = cmp.run_comparison(columns, recipes, inputs, device, on_result=report, on_column=announce)
+    comparison = cmp.run_comparison(columns, recipes, inputs, output, specs, on_result=report,
+                                    on_column=announce, on_failure=failed)
     wall = time.perf_counter() - start
     paths = cmp.write_outputs(comparison, output, {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES,
-                                                   "device": device, "wall_seconds": wall})
+                                                   "devices": device_list, "wall_seconds": wall})
     summary = comparison.summary()
     console.print(cmp.summary_table(comparison, summary))
     pivot = cmp.layer_table(comparison, summary)
@@ -341,6 +354,9 @@ def compare(recipe: Path, input_spec: str | None, output: Path, backbones: str |
         console.print(pivot)
     console.print(f"wall time {wall:.0f} s; sheet {paths['sheet']}, tables {paths['summary']}, {paths['csv']}, "
                   f"{paths['json']}", highlight=False)
+    if comparison.failures:
+        console.print(f"{len(comparison.failures)} result(s) failed; see above", style="red", highlight=False)
+        ctx.exit(1)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ All take (1, 3, H, W) tensors in [0, 1] and return a float.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -134,3 +135,14 @@ class GramEvaluator:
         refs = self.network(reference.to(self.device), EVALUATOR_LAYERS)
         values = [float(self.loss(feats[layer], self.loss.prepare(refs[layer]))[0]) for layer in EVALUATOR_LAYERS]
         return math.fsum(values) / len(values)
+
+
+@lru_cache(maxsize=1)
+def gram_evaluator() -> GramEvaluator:
+    """The shared :class:`GramEvaluator` on the CPU, built once per process."""
+    return GramEvaluator(device="cpu")
+
+
+def gram_distance(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """:meth:`GramEvaluator.distance` on the shared evaluator."""
+    return gram_evaluator().distance(result.float().cpu(), reference.float().cpu())

@@ -9,11 +9,14 @@ import torch
 from click.testing import CliRunner
 from conftest import png_size, sample, write_recipe, write_sample
 
-from rvgen import imageio, metrics
+from rvgen import hookimpl, imageio, metrics
 from rvgen.cli import cli
-from rvgen.compare import parse_backbone_spec, plan_columns, run_comparison
+from rvgen.compare import parse_backbone_spec, plan_columns, run_comparison, write_outputs
+from rvgen.engine import Term
 from rvgen.errors import UsageError
+from rvgen.params import Param
 from rvgen.plugins import registry_with
+from rvgen.tasks import Metric, Task
 
 
 def run(*args):
@@ -200,3 +203,84 @@ def test_compare_style_scores_against_the_style_image_and_the_content(tmp_path):
     assert outcome.scores["colour"] == pytest.approx(metrics.colour_distance(outcome.image, reference))
     assert outcome.scores["content_ssim"] == pytest.approx(metrics.ssim(outcome.image, content))
     assert outcome.scores["content_ssim"] > 0.5  # two iterations from the content photo keep it
+
+
+# ---- plugin tasks ------------------------------------------------------------------------
+
+class Blur(Task):
+    """A third-party task: reconstruct relu1_1 and declare its own score."""
+
+    name = "blur-copy"
+    params = (Param("seed", int, 0, "seed"),)
+    metrics = (Metric("mae", "mean abs err", False, 4),)
+
+    def terms(self):
+        return [Term("content", "content", ("relu1_1",))]
+
+    def score(self, result, content, references):
+        return {"mae": float((result - content).abs().mean())}
+
+
+class Unscored(Blur):
+    name = "unscored"
+    metrics = ()
+
+    def score(self, result, content, references):
+        raise AssertionError("a task without metrics is not scored")
+
+
+class TaskPlugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register(Blur)
+        register(Unscored)
+
+
+def test_compare_runs_a_plugin_task_and_scores_it_with_its_own_metric(tmp_path):
+    registry = registry_with([TaskPlugin()])
+    data = {"task": {"name": "blur-copy"}, "optimizer": {"iterations": 6}, "output": {"size": 32}}
+    columns, recipes = plan_columns(data, ["random-vgg19"], [], [0, 1], registry, tmp_path)
+    inputs = [("skimage:chelsea", "cat"), ("skimage:coffee", "coffee")]
+    comparison = run_comparison(columns, recipes, inputs, tmp_path / "out", registry=registry)
+    assert len(comparison.outcomes) == 4 and not comparison.failures
+    for o in comparison.outcomes:
+        content = sample("chelsea" if o.input == "cat" else "coffee", 32)
+        assert o.scores == {"mae": pytest.approx(float((o.image - content).abs().mean()))}
+        assert o.scores["mae"] < 0.05  # relu1_1 gives the photo back
+        written = imageio.load_image(tmp_path / "out" / "results" / columns[o.column].slug / f"{o.input}.png")
+        assert (written - o.image).abs().max() <= 0.5 / 255 + 1e-6  # the file is the scored image
+    summary = {row["column"]: row for row in comparison.summary()}
+    assert summary["random-vgg19 seed 1"]["delta"]["baseline"] == "random-vgg19 seed 0"
+    assert summary["random-vgg19 seed 0"]["mae"]["n"] == 2
+
+    paths = write_outputs(comparison, tmp_path / "out", {})
+    header = (tmp_path / "out" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "column,backbone,seed,layer,backbone_layer,input,mae,seconds,loss"
+    assert png_size(paths["sheet"])[0] >= 3 * 64
+
+
+def test_compare_runs_a_task_without_metrics_and_still_draws_its_sheet(tmp_path):
+    registry = registry_with([TaskPlugin()])
+    data = {"task": {"name": "unscored"}, "optimizer": {"iterations": 2}, "output": {"size": 32}}
+    columns, recipes = plan_columns(data, ["random-vgg19"], [], [], registry, tmp_path)
+    comparison = run_comparison(columns, recipes, [("skimage:coffee", "coffee")], tmp_path / "out", registry=registry)
+    (outcome,) = comparison.outcomes
+    assert outcome.scores == {} and outcome.loss < 1
+    paths = write_outputs(comparison, tmp_path / "out", {})
+    assert paths["sheet"].is_file()
+    assert json.loads(paths["json"].read_text())["summary"][0]["n"] == 1
+
+
+@pytest.mark.slow
+def test_compare_runs_each_column_on_two_cpu_workers(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n'
+                                               '[optimizer]\niterations = 3\n[output]\nsize = 24\n')
+    result = run("compare", recipe, "--input", "skimage:chelsea,coffee,camera", "--output", tmp_path / "cmp",
+                 "--seeds", "0,1", "--devices", "cpu", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert "on cpu (2 worker(s))" in result.output
+    rows = list(csv.DictReader((tmp_path / "cmp" / "metrics.csv").open()))
+    assert len(rows) == 6 and all(float(r["psnr"]) > 25 for r in rows)
+    sidecars = list((tmp_path / "cmp" / "results").rglob("*.png.json"))
+    assert len(sidecars) == 6
+    assert {json.loads(p.read_text())["device"] for p in sidecars} == {"cpu"}

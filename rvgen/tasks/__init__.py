@@ -1,8 +1,10 @@
-"""Tasks turn a recipe's options into an objective, a starting image and an output size."""
+"""Tasks turn a recipe's options into an objective, a starting image and an output size,
+and say how their results are scored (for ``rvgen compare``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +19,17 @@ def white_noise(shape: tuple[int, int], generator: torch.Generator, amplitude: f
     return 0.5 + amplitude * (torch.rand((1, 3, h, w), generator=generator) * 2 - 1)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A score a task gives its results: ``name`` (the key :meth:`Task.score` returns), a
+    ``label`` for tables, whether higher is better, and the decimals tables show."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    digits: int = 3
+
+
 class Task:
     """Base class of task plugins.
 
@@ -28,12 +41,15 @@ class Task:
     - :meth:`terms`: the objective, as :class:`~rvgen.engine.Term` objects;
     - :meth:`canvas`: the size of the result, given the input at the output size;
     - :meth:`init`: the starting image;
-    - :meth:`variations`: how many different results to make per input.
+    - :meth:`variations`: how many different results to make per input;
+    - :attr:`metrics` and :meth:`score`: how ``rvgen compare`` scores a result (none by default).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    """The scores :meth:`score` returns, headline first; empty: results are not scored."""
 
     def __init__(self, options: Mapping[str, Any], default_layers: Mapping[str, list[str]]):
         self.options = dict(options)
@@ -57,3 +73,9 @@ class Task:
 
     def init(self, content: torch.Tensor, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         return white_noise(shape, generator)
+
+    def score(self, result: torch.Tensor, content: torch.Tensor,
+              references: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Every metric of :attr:`metrics` for one result (1, 3, H, W), given the input at the
+        output size and the reference images by name (``style``), all in [0, 1] on the CPU."""
+        return {}

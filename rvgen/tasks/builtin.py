@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Mapping
+
+from rvgen import metrics
 from rvgen.engine.objective import Term
 from rvgen.hookspecs import hookimpl
 from rvgen.params import REQUIRED, Param
-from rvgen.tasks import Task, white_noise
+from rvgen.tasks import Metric, Task, white_noise
 
 SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)")
 TV_WEIGHT = Param("tv_weight", float, 0.0, "weight of total variation on the pixels (smoothness)", minimum=0.0)
 WEIGHTING = Param("weighting", str, "auto",
                   "how the style layers share their weight: auto (the paper's gradient rule), equal, or a table",
                   kind="weighting")
+
+
+GRAM = Metric("gram", "Gram dist", False)
+STRUCTURE = Metric("structure", "structure dist", False)
+COLOUR = Metric("colour", "colour dist", False)
+
+
+def statistics_scores(result: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """How far a texture or style's statistics are from ``target``'s (lower is closer): the
+    Gram distance on an independent network, long-range structure and colour."""
+    return {
+        "gram": metrics.gram_distance(result, target),
+        "structure": metrics.structure_distance(result, target),
+        "colour": metrics.colour_distance(result, target),
+    }
 
 
 def tv_term(weight: float) -> list[Term]:
@@ -31,10 +49,15 @@ class Reconstruct(Task):
         TV_WEIGHT,
         SEED,
     )
+    metrics = (Metric("psnr", "PSNR dB", True, 2), Metric("ssim", "SSIM", True))
 
     def terms(self) -> list[Term]:
         layer = self.options["layer"] or self.default_layers["reconstruct"][0]
         return [Term("content", "content", (layer,))] + tv_term(self.options["tv_weight"])
+
+    def score(self, result: torch.Tensor, content: torch.Tensor,
+              references: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        return {"psnr": metrics.psnr(result, content), "ssim": metrics.ssim(result, content)}
 
 
 class Texture(Task):
@@ -60,8 +83,14 @@ class Texture(Task):
             self.options["tv_weight"]
         )
 
+    metrics = (GRAM, STRUCTURE, COLOUR)
+
     def variations(self) -> int:
         return self.options["variations"]
+
+    def score(self, result: torch.Tensor, content: torch.Tensor,
+              references: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        return statistics_scores(result, content)
 
     def canvas(self, content: torch.Tensor) -> tuple[int, int]:
         size = self.options["size"]
@@ -97,8 +126,14 @@ class Style(Task):
         SEED,
     )
 
+    metrics = (GRAM, STRUCTURE, COLOUR, Metric("content_ssim", "content SSIM", True))
+
     def references(self) -> dict[str, tuple[str, int | None]]:
         return {"style": (self.options["style"], self.options["style_size"])}
+
+    def score(self, result: torch.Tensor, content: torch.Tensor,
+              references: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        return {**statistics_scores(result, references["style"]), "content_ssim": metrics.ssim(result, content)}
 
     def terms(self) -> list[Term]:
         o = self.options
