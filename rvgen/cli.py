@@ -101,9 +101,10 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
     from rvgen.batch.lock import OutputLock
-    from rvgen.batch.progress import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
-    from rvgen.batch.runner import RunInfo, WorkerSpec, prepare, remove_leftovers, run_batch, worker_specs
-    from rvgen.batch.state import split_finished
+    from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
+    from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
+    from rvgen.batch.sidecar import split_finished
+    from rvgen.batch.summary import RunInfo, WorkerSpec
     from rvgen.recipe import load_recipe
 
     verbose = bool(ctx.find_root().params.get("verbose"))
@@ -146,7 +147,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         if log_file is not None:
             reporter = Tee(reporter, JsonLogReporter(log_file, sys.argv))
         run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
-        summary = run_batch(parsed, run_info, reporter, key, scheduler=scheduler)
+        summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
     ctx.exit(summary.exit_code)
 
 

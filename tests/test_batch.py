@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import psnr, write_recipe, write_sample
 from PIL import Image
@@ -339,3 +340,87 @@ def test_a_worker_optimises_images_in_batches_like_one_at_a_time(tmp_path):
         one = imageio.load_image(tmp_path / "b1" / name)
         four = imageio.load_image(tmp_path / "b4" / name)
         assert psnr(one, four) > 35, name  # the batch mates do not change the result
+
+
+class Collect:
+    """A reporter that keeps every event."""
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, run):
+        pass
+
+    def handle(self, event):
+        self.events.append(event)
+
+    def finish(self, summary):
+        pass
+
+
+def kept_images_match_outputs(done, out: Path) -> None:
+    """Each ImageDone's image is the written PNG (within 1/255, and equal once quantised), and
+    its losses are the sidecar's."""
+    for event in done:
+        image = event.image
+        assert image is not None and image.dtype == torch.float32 and image.device.type == "cpu"
+        png = imageio.load_image(event.job.output)
+        assert image.shape == png.shape and image.dim() == 4 and image.shape[:2] == (1, 3)
+        assert (image - png).abs().max().item() <= 1 / 255 + 1e-6
+        assert torch.equal(imageio.from_pil(imageio.to_pil(image)), png)
+        data = json.loads(event.job.sidecar.read_text())
+        assert event.loss == data["loss"]["final"] and event.parts == data["loss"]["terms"]
+        assert [list(p) for p in event.history] == data["history"] and data["history"]
+
+
+def test_run_jobs_keeps_each_image_for_the_caller_from_worker_processes(tmp_path):
+    from rvgen.batch.events import ImageDone
+    from rvgen.batch.jobs import plan_jobs
+    from rvgen.batch.runner import prepare, run_jobs
+    from rvgen.batch.sidecar import split_finished
+    from rvgen.batch.summary import RunInfo
+    from rvgen.recipe import load_recipe
+
+    inputs, out = folder(tmp_path, 3), tmp_path / "out"
+    parsed = load_recipe(recipe(tmp_path, 6, 24))
+    plan = plan_jobs(str(inputs), out)
+    reporter = Collect()
+    summary = run_jobs(parsed, RunInfo(plan.jobs, 0, [], worker_specs(["cpu"], 2), str(out)), reporter,
+                       keep_images=True)
+    assert summary.exit_code == 0
+    done = [e for e in reporter.events if isinstance(e, ImageDone)]
+    assert sorted(e.job.rel for e in done) == sorted(j.rel for j in plan.jobs)  # one image per job
+    kept_images_match_outputs(done, out)
+    # the history is for readers: a rerun does not look at it
+    sidecar = plan.jobs[0].sidecar
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "history": [[0, 123.0]]}))
+    key = prepare(parsed)
+    assert split_finished(plan.jobs, key) == ([], list(plan.jobs))
+    # by default (here in this process) the events carry no image
+    reporter = Collect()
+    run_jobs(parsed, RunInfo(plan.jobs[:1], 0, [], worker_specs(["cpu"]), str(tmp_path / "again")), reporter, key)
+    (event,) = [e for e in reporter.events if isinstance(e, ImageDone)]
+    assert event.image is None and event.parts and event.history
+
+
+def test_the_dask_backend_keeps_images_too(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from rvgen.batch.events import ImageDone
+    from rvgen.batch.jobs import plan_jobs
+    from rvgen.batch.runner import run_jobs
+    from rvgen.batch.summary import RunInfo, WorkerSpec
+    from rvgen.recipe import load_recipe
+
+    inputs, out = folder(tmp_path, 1), tmp_path / "out"
+    parsed = load_recipe(recipe(tmp_path, 4, 24))
+    plan = plan_jobs(str(inputs), out)
+    reporter = Collect()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"RVGEN_LOAD_PLUGINS": "", "PYTHONPATH": str(ROOT)}) as cluster:
+        info = RunInfo(plan.jobs, 0, [], [WorkerSpec("dask", cluster.scheduler_address)], str(out))
+        summary = run_jobs(parsed, info, reporter, scheduler=cluster.scheduler_address, keep_images=True)
+    assert summary.exit_code == 0
+    done = [e for e in reporter.events if isinstance(e, ImageDone)]
+    assert len(done) == 1
+    kept_images_match_outputs(done, out)

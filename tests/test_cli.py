@@ -202,8 +202,9 @@ def test_rich_display_on_a_terminal_shows_batch_and_image_progress(tmp_path, pho
     from rich.console import Console
 
     from rvgen.batch.jobs import plan_jobs
-    from rvgen.batch.progress import RichReporter
-    from rvgen.batch.runner import RunInfo, WorkerSpec, run_batch
+    from rvgen.batch.reporters import RichReporter
+    from rvgen.batch.runner import run_jobs
+    from rvgen.batch.summary import RunInfo, WorkerSpec
     from rvgen.recipe import load_recipe
 
     buffer = io.StringIO()
@@ -211,7 +212,7 @@ def test_rich_display_on_a_terminal_shows_batch_and_image_progress(tmp_path, pho
     parsed = load_recipe(recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 3, 16))
     plan = plan_jobs(str(photos), tmp_path / "out")
     info = RunInfo(plan.jobs, 0, plan.ignored, [WorkerSpec("cpu", "cpu")], "out")
-    summary = run_batch(parsed, info, RichReporter(console))
+    summary = run_jobs(parsed, info, RichReporter(console))
     text = buffer.getvalue()
     assert summary.exit_code == 0 and len(summary.done) == 2
     assert "batch" in text and "2/2" in text, text  # the batch bar, done / total

@@ -7,7 +7,10 @@ worker (``cpu``, ``cuda:1``, ``cpu#2`` when a device has several workers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
 
 from rvgen.batch.jobs import Job
 
@@ -46,11 +49,32 @@ class Step:
 
 @dataclass(frozen=True)
 class ImageDone:
+    """An image written with its sidecar. ``parts`` (the per-term losses) and ``history`` (a
+    short ``(iteration, loss)`` list) are the result's; ``image`` is the result as a float32
+    CPU tensor (1, 3, H, W) when the run keeps images (``run_jobs(..., keep_images=True)``),
+    else None."""
+
     worker: str
     job: Job
     loss: float
     iterations: int
     seconds: float
+    parts: dict[str, float] = field(default_factory=dict, compare=False)
+    history: list[tuple[int, float]] = field(default_factory=list, compare=False)
+    image: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self):
+        """Pickle the image by value, as a NumPy array: a multiprocessing queue would otherwise
+        send a tensor through torch's shared-memory reductions, which outlive neither the worker
+        nor the queue's manager."""
+        image = None if self.image is None else self.image.numpy()
+        return _image_done, (self.worker, self.job, self.loss, self.iterations, self.seconds, self.parts,
+                             self.history, image)
+
+
+def _image_done(worker, job, loss, iterations, seconds, parts, history, image: np.ndarray | None) -> ImageDone:
+    return ImageDone(worker, job, loss, iterations, seconds, parts, history,
+                     None if image is None else torch.from_numpy(image))
 
 
 @dataclass(frozen=True)

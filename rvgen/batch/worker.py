@@ -4,25 +4,20 @@ The backbone, the losses and the recipe's fixed targets (the style image's Grams
 once) live as long as the worker. For each job the worker loads the input, optimises, and
 writes the result and its sidecar atomically; everything it has to say goes out as
 :mod:`rvgen.batch.events` through ``emit``. One image failing is an :class:`ImageFailed`
-event, never the end of the worker. The same code runs in the parent process (one worker),
-in joblib's worker processes (several devices) and on Dask workers.
+event, never the end of the worker. The same class runs in the parent process and in worker
+processes (:mod:`rvgen.batch.local`); a Dask task (:mod:`rvgen.batch.remote`) shares its
+:func:`failure` and :func:`done`.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import signal
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
-from typing import Any
 
 import torch
 
-import rvgen
-from rvgen import imageio
 from rvgen.batch.events import (
     Event,
     ImageAbandoned,
@@ -30,11 +25,10 @@ from rvgen.batch.events import (
     ImageFailed,
     ImageStarted,
     Step,
-    WorkerFailed,
-    WorkerReady,
 )
 from rvgen.batch.jobs import Job
-from rvgen.batch.state import RunKey, input_identity
+from rvgen.batch.sidecar import RunKey, write_result
+from rvgen.batch.signals import Stopped
 from rvgen.engine import Progress, Result
 from rvgen.errors import RvgenError
 from rvgen.pipeline import Pipeline
@@ -45,37 +39,26 @@ STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks) per wo
 MAX_TAKE = 64  # most jobs a GPU worker takes from the queue at once
 
 
-class Stopped(BaseException):
-    """The run was asked to stop (SIGINT or SIGTERM): abandon the current image."""
-
-
-def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> dict[str, Any]:
-    return {
-        "input": {"name": job.rel, "source": job.source, **input_identity(job.source)},
-        "variation": job.variation,
-        "recipe": {"source": recipe.source, "digest": key.recipe, "resolved": recipe.to_dict()},
-        "references": dict(key.references),
-        "size": list(result.image.shape[-2:][::-1]),
-        "loss": {"initial": result.initial_loss, "final": result.loss, "terms": result.parts},
-        "iterations": result.iterations,
-        "seconds": round(result.seconds, 3),
-        "device": device,
-        "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-
-
-def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> None:
-    """The image first, then its sidecar: a sidecar is only ever beside a complete image."""
-    imageio.save_image(result.image, job.output, recipe.output["format"], recipe.output["quality"])
-    imageio.write_json(sidecar(recipe, key, job, result, device), job.sidecar)
-
-
-def failure_reason(exc: BaseException, device: str, size: int) -> str:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return f"out of memory on {device} at {size} px; try a smaller output.size"
+def failure(exc: BaseException, device: str | None = None, size: int | None = None) -> tuple[str, str | None]:
+    """What to report of ``exc``: ``(reason, details)``. An rvgen error is its message and has
+    no details; anything else is ``Type: message`` with its traceback as details. Given the
+    device and the output size, running out of memory says so and what to try."""
+    if device is not None and isinstance(exc, torch.OutOfMemoryError):
+        return f"out of memory on {device} at {size} px; try a smaller output.size", _traceback(exc)
     if isinstance(exc, RvgenError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+        return str(exc), None
+    return f"{type(exc).__name__}: {exc}", _traceback(exc)
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def done(worker: str, job: Job, result: Result, keep_image: bool = False) -> ImageDone:
+    """The event for a written result (with the image as a float32 CPU tensor if ``keep_image``)."""
+    image = result.image.detach().float().cpu() if keep_image else None
+    return ImageDone(worker, job, result.loss, result.iterations, result.seconds, dict(result.parts),
+                     [(int(i), float(loss)) for i, loss in result.history], image)
 
 
 class Worker:
@@ -88,9 +71,10 @@ class Worker:
         emit: Callable[[Event], None],
         should_stop: Callable[[], bool] = lambda: False,
         registry: Registry | None = None,
+        keep_images: bool = False,
     ):
         self.recipe, self.key, self.device, self.name = recipe, key, device, name
-        self.emit, self.should_stop = emit, should_stop
+        self.emit, self.should_stop, self.keep_images = emit, should_stop, keep_images
         self.pipeline = Pipeline(recipe, device, registry)
 
     def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
@@ -110,19 +94,18 @@ class Worker:
         return callback
 
     def _fail(self, job: Job, exc: BaseException) -> None:
-        details = None if isinstance(exc, RvgenError) else traceback.format_exc()
-        self.emit(ImageFailed(self.name, job, failure_reason(exc, self.device, self.recipe.output["size"]), details))
+        self.emit(ImageFailed(self.name, job, *failure(exc, self.device, self.recipe.output["size"])))
 
     def _finish(self, job: Job, outcome: Result | RvgenError) -> None:
         if isinstance(outcome, RvgenError):
-            self.emit(ImageFailed(self.name, job, str(outcome)))
+            self.emit(ImageFailed(self.name, job, *failure(outcome)))
             return
         try:
             write_result(self.recipe, self.key, job, outcome, self.device)
         except Exception as exc:
             self._fail(job, exc)
         else:
-            self.emit(ImageDone(self.name, job, outcome.loss, outcome.iterations, outcome.seconds))
+            self.emit(done(self.name, job, outcome, self.keep_images))
 
     def make(self, job: Job) -> None:
         """One job, start to finish; failures become events, a stop propagates."""
@@ -187,82 +170,3 @@ class Worker:
             if not batch:
                 return
             self.make_batch(batch)
-
-
-def start_failure(name: str, exc: BaseException) -> WorkerFailed:
-    if isinstance(exc, RvgenError):
-        return WorkerFailed(name, str(exc))
-    return WorkerFailed(name, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-
-
-def process_main(
-    recipe: Recipe,
-    key: RunKey,
-    device: str,
-    name: str,
-    threads: int | None,
-    jobs: Any,
-    events: Any,
-    stop: Any,
-) -> None:
-    """Entry point of a worker process: ``jobs`` and ``events`` are queues shared with the
-    parent (``None`` in ``jobs`` means no more work), ``stop`` an event the parent sets.
-
-    Signals are the parent's business: it hears Ctrl-C and SIGTERM and sets ``stop``, and
-    the worker abandons its image at the next check.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        worker = Worker(recipe, key, device, name, events.put, stop.is_set)
-    except BaseException as exc:
-        events.put(start_failure(name, exc))
-        return
-    events.put(WorkerReady(name, device, torch.get_num_threads() if device == "cpu" else None, os.getpid()))
-
-    def queued() -> Iterable[Job]:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            yield job
-
-    try:
-        worker.run(queued())
-    except Stopped:
-        pass
-
-
-_CACHED: dict[tuple[str, str], Pipeline] = {}
-
-
-def make_remote(
-    recipe: Recipe, job: Job, data: bytes | None, references: Mapping[str, torch.Tensor]
-) -> tuple[Job, str, Any, str | None, str]:
-    """One job on a Dask worker, which may not share our disks: the input comes as bytes
-    (``None`` for a scikit-image sample) and the result goes back to the parent, which writes
-    it. The synthesizer is kept per worker process, keyed by the recipe.
-
-    Returns ``(job, "done", Result, None, device)`` or ``(job, "failed", reason, details, device)``.
-    """
-    import io
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    size = recipe.output["size"]
-    try:
-        cache_key = (recipe.digest(), device)
-        pipeline = _CACHED.get(cache_key)
-        if pipeline is None:
-            pipeline = Pipeline(recipe, device, references=references)
-            _CACHED.clear()
-            _CACHED[cache_key] = pipeline
-        source = job.source if data is None else io.BytesIO(data)
-        content = imageio.load_image(source, size, name=job.rel)
-        result = pipeline.synth.run(content, job.variation)
-        result.image = result.image.cpu()
-        return job, "done", result, None, device
-    except Exception as exc:
-        details = None if isinstance(exc, RvgenError) else traceback.format_exc()
-        return job, "failed", failure_reason(exc, device, size), details, device

@@ -1,10 +1,21 @@
-"""What a finished job looks like on disk, so a rerun does only what is missing.
+"""The sidecar: the JSON file beside each result, written and read here only.
 
-A job is finished when its output exists and the JSON sidecar beside it records the same
-recipe digest, the same input (sha256), the same reference images (the style image's sha256)
-and the same variation. A changed recipe, input or style image makes it unfinished again.
-Hashing every input on every run would read the whole folder, so an input whose size and
-modification time match the sidecar's is taken to have the recorded hash.
+A result ``NAME.png`` has ``NAME.png.json`` beside it (:func:`write_result` writes the image
+first, then the sidecar, so a sidecar is only ever beside a complete image). The sidecar
+records the input, the variation, the recipe (its digest and resolved settings), the
+reference images' hashes, the losses (``loss``: initial, final and per term; ``history``:
+a short ``[iteration, loss]`` list), the iterations, the time, the device and the versions.
+
+A job is finished when its output exists and its sidecar records the same recipe digest, the
+same input (sha256), the same reference images (the style image's sha256) and the same
+variation (:func:`is_finished`); a changed recipe, input or style image makes it unfinished
+again. Hashing every input on every run would read the whole folder, so an input whose size
+and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
+fields they do not check (``history``, ``loss``, ``versions``, ...).
+
+:class:`RunKey` (the recipe digest and the reference hashes) lives here too, not in a module
+of its own: it is exactly the part of a sidecar a rerun compares against, so writing,
+reading and the key stay in one file and the format cannot drift between two.
 """
 
 from __future__ import annotations
@@ -12,13 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import rvgen
 from rvgen import imageio
 from rvgen.batch.jobs import Job
+from rvgen.engine import Result
+from rvgen.recipe import Recipe
 
 
 def file_digest(source: str) -> str:
@@ -50,6 +67,35 @@ class RunKey:
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str]) -> RunKey:
         return cls(recipe_digest, {name: file_digest(src) for name, src in sorted(references.items())})
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> dict[str, Any]:
+    """The sidecar of ``job``'s ``result``."""
+    return {
+        "input": {"name": job.rel, "source": job.source, **input_identity(job.source)},
+        "variation": job.variation,
+        "recipe": {"source": recipe.source, "digest": key.recipe, "resolved": recipe.to_dict()},
+        "references": dict(key.references),
+        "size": list(result.image.shape[-2:][::-1]),
+        "loss": {"initial": result.initial_loss, "final": result.loss, "terms": result.parts},
+        "history": [[int(iteration), float(loss)] for iteration, loss in result.history],
+        "iterations": result.iterations,
+        "seconds": round(result.seconds, 3),
+        "device": device,
+        "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> None:
+    """The image first, then its sidecar: a sidecar is only ever beside a complete image."""
+    imageio.save_image(result.image, job.output, recipe.output["format"], recipe.output["quality"])
+    imageio.write_json(sidecar(recipe, key, job, result, device), job.sidecar)
+
+
+# -- reading ------------------------------------------------------------------------------
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Reporters: what a run shows while it works and leaves behind when it ends.
 
-All of them take the same calls (:class:`rvgen.batch.runner.Reporter`): ``start`` with the
+All of them take the same calls (:class:`rvgen.batch.summary.Reporter`): ``start`` with the
 plan, ``handle`` for each worker event, ``finish`` with the summary.
 
 - :class:`RichReporter`: a live display on a terminal, the batch as a whole and a row per
@@ -32,7 +32,10 @@ from rvgen.batch.events import (
     WorkerFailed,
     WorkerReady,
 )
-from rvgen.batch.runner import RunInfo, Summary
+from rvgen.batch.summary import RunInfo, Summary
+
+
+NOT_LOGGED = {"job", "parts", "history", "image"}  # the job is logged by its fields; the rest is for Python callers
 
 
 def duration(seconds: float) -> str:
@@ -242,7 +245,7 @@ class JsonLogReporter:
     def handle(self, event: Event) -> None:
         if isinstance(event, Step):
             return
-        fields = {k: v for k, v in vars(event).items() if k != "job"}
+        fields = {k: v for k, v in vars(event).items() if k not in NOT_LOGGED}
         if hasattr(event, "job"):
             fields.update(_job(event.job))
         name = "".join("_" + c.lower() if c.isupper() else c for c in type(event).__name__).lstrip("_")

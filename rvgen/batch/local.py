@@ -1,0 +1,173 @@
+"""Workers on this machine: one in this process, or one joblib (loky) process per worker.
+
+- one worker (:func:`run_inline`): in this process, with no start-up cost and nothing to
+  pickle;
+- several workers (``--gpus 0,1``, ``--devices cpu --workers 2``, :func:`run_processes`): one
+  loky process per worker (:func:`process_main`), all taking jobs from one shared queue, so a
+  slow image on one device never holds back the others; events come back through a second
+  queue.
+
+The parent owns the signals (:mod:`rvgen.batch.signals`): SIGINT or SIGTERM sets a stop flag,
+workers abandon their current image, and stopped workers get :data:`GRACE_SECONDS` before
+they are killed; a second signal kills them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from rvgen.batch.events import WorkerFailed, WorkerReady
+from rvgen.batch.jobs import Job
+from rvgen.batch.sidecar import RunKey
+from rvgen.batch.signals import Interrupted, Stopped, ignore_stop_signals, signal_of, stop_signals
+from rvgen.batch.summary import Tracker, WorkerSpec
+from rvgen.batch.worker import Worker, failure
+from rvgen.plugins import Registry
+from rvgen.recipe import Recipe
+
+GRACE_SECONDS = 30.0  # how long stopped workers get to abandon their image before they are killed
+POOL_DONE = "rvgen:pool-done"
+
+
+def run_inline(recipe: Recipe, key: RunKey, jobs: Sequence[Job], spec: WorkerSpec, tracker: Tracker,
+               registry: Registry | None, keep_images: bool = False) -> None:
+    """All of ``jobs`` with one worker in this process."""
+    try:
+        with stop_signals():
+            try:
+                worker = Worker(recipe, key, spec.device, spec.name, tracker, registry=registry,
+                                keep_images=keep_images)
+            except Exception as exc:
+                tracker(WorkerFailed(spec.name, *failure(exc)))
+                return
+            tracker(WorkerReady(spec.name, spec.device, pid=os.getpid()))
+            worker.run(jobs)
+    except (KeyboardInterrupt, Interrupted, Stopped) as exc:
+        tracker.summary.signal = signal_of(exc)
+
+
+def process_main(
+    recipe: Recipe,
+    key: RunKey,
+    device: str,
+    name: str,
+    threads: int | None,
+    jobs: Any,
+    events: Any,
+    stop: Any,
+    keep_images: bool = False,
+) -> None:
+    """Entry point of a worker process: ``jobs`` and ``events`` are queues shared with the
+    parent (``None`` in ``jobs`` means no more work), ``stop`` an event the parent sets.
+
+    Signals are the parent's business: it hears Ctrl-C and SIGTERM and sets ``stop``, and
+    the worker abandons its image at the next check.
+    """
+    ignore_stop_signals()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images)
+    except BaseException as exc:
+        events.put(WorkerFailed(name, *failure(exc)))
+        return
+    events.put(WorkerReady(name, device, torch.get_num_threads() if device == "cpu" else None, os.getpid()))
+
+    def queued() -> Iterable[Job]:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            yield job
+
+    try:
+        worker.run(queued())
+    except Stopped:
+        pass
+
+
+def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Sequence[WorkerSpec],
+                  tracker: Tracker, keep_images: bool = False) -> None:
+    """All of ``jobs`` with one loky process per worker, taking jobs from one queue."""
+    from multiprocessing.managers import SyncManager
+
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    manager = SyncManager()
+    manager.start(ignore_stop_signals)  # Ctrl-C reaches the whole process group; the parent decides
+    try:
+        job_queue, event_queue, stop = manager.Queue(), manager.Queue(), manager.Event()
+        for job in jobs:
+            job_queue.put(job)
+        for _ in workers:
+            job_queue.put(None)
+        local: queue.Queue = queue.Queue()
+        pool_done = threading.Event()
+        failures: list[BaseException] = []
+
+        def pool() -> None:
+            try:
+                Parallel(n_jobs=len(workers), backend="loky")(
+                    delayed(process_main)(recipe, key, w.device, w.name, w.threads, job_queue, event_queue, stop,
+                                          keep_images)
+                    for w in workers
+                )
+            except BaseException as exc:  # a worker process died (kill -9, out of host memory)
+                failures.append(exc)
+            finally:
+                pool_done.set()
+
+        def forward() -> None:
+            """Move events from the manager's queue to ours, so signals never cut a read short.
+            Every event a worker sent is in the queue before its task returns, so an empty
+            queue once the pool is done means there are no more."""
+            while True:
+                finished = pool_done.is_set()
+                try:
+                    local.put(event_queue.get(timeout=0.1))
+                except queue.Empty:
+                    if finished:
+                        break
+                except (EOFError, OSError):  # the manager is gone
+                    break
+            local.put(POOL_DONE)
+
+        threading.Thread(target=pool, name="rvgen-pool", daemon=True).start()
+        threading.Thread(target=forward, name="rvgen-events", daemon=True).start()
+        deadline = None
+        with stop_signals():
+            while True:
+                try:
+                    event = local.get(timeout=0.5)
+                except queue.Empty:
+                    if deadline is not None and time.monotonic() > deadline:
+                        get_reusable_executor().shutdown(wait=False, kill_workers=True)
+                        break
+                    continue
+                except (KeyboardInterrupt, Interrupted) as exc:
+                    if tracker.summary.signal is not None:  # asked twice: stop now
+                        get_reusable_executor().shutdown(wait=False, kill_workers=True)
+                        break
+                    tracker.summary.signal = signal_of(exc)
+                    stop.set()
+                    deadline = time.monotonic() + GRACE_SECONDS
+                    continue
+                if isinstance(event, str) and event == POOL_DONE:
+                    break
+                tracker(event)
+        tracker.abandon_current()
+        if failures and tracker.summary.signal is None:
+            exc = failures[0]
+            tracker.summary.problems.append(
+                f"a worker process died ({type(exc).__name__}); the images it and the others were on "
+                "are not written; rerun to finish")
+    finally:
+        manager.shutdown()
