@@ -19,8 +19,8 @@ import torch
 from rvgen import imageio
 from rvgen.batch.events import Event, ImageDone, ImageFailed, WorkerFailed
 from rvgen.batch.jobs import Job
-from rvgen.batch.runner import WorkerSpec, run_jobs
-from rvgen.batch.summary import RunInfo, Summary
+from rvgen.batch.runner import run_jobs
+from rvgen.batch.summary import RunInfo, Summary, WorkerSpec
 from rvgen.compare.plan import Column
 from rvgen.compare.report import result_path
 from rvgen.compare.results import Comparison, Scored
@@ -49,7 +49,8 @@ class _Collector:
     def handle(self, event: Event) -> None:
         if isinstance(event, ImageDone):
             image = event.image if event.image is not None else imageio.load_image(event.job.output)
-            scores = self.task.score(image, self.contents[event.job.rel], self.references)
+            scores = (self.task.score(image, self.contents[event.job.rel], self.references)
+                      if self.comparison.metrics else {})
             outcome = Scored(self.column, event.job.rel, image, scores, event.seconds, event.loss)
             self.comparison.outcomes.append(outcome)
             if self.on_result is not None:
