@@ -13,7 +13,7 @@ from rvgen import hookimpl, imageio, metrics
 from rvgen.cli import cli
 from rvgen.compare import parse_backbone_spec, plan_columns, run_comparison, write_outputs
 from rvgen.engine import Term
-from rvgen.errors import UsageError
+from rvgen.errors import RecipeError, UsageError
 from rvgen.params import Param
 from rvgen.plugins import registry_with
 from rvgen.tasks import Metric, Task
@@ -66,7 +66,7 @@ def test_backbone_specs_map_variants_and_options():
     assert parse_backbone_spec("random-vgg19:stacked", registry) == ("random-vgg19", {"stacked_candidates": 4})
     assert parse_backbone_spec("random-resnet50:softmax:temperature=0.5", registry) == (
         "random-resnet50", {"softmax": True, "temperature": 0.5})
-    with pytest.raises(Exception, match=r"unknown backbone 'random-vgg91' \(did you mean 'random-vgg19'\?\)"):
+    with pytest.raises(RecipeError, match=r"unknown backbone 'random-vgg91' \(did you mean 'random-vgg19'\?\)"):
         parse_backbone_spec("random-vgg91", registry)
     with pytest.raises(UsageError, match="has no variant 'stacke' \\(did you mean 'stacked'\\?\\); variants: max, stacked, stacked-pixels"):
         parse_backbone_spec("random-vgg19:stacke", registry)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from rvgen import hookimpl, hookspecs
 from rvgen.cli import cli
-from rvgen.errors import PluginError
+from rvgen.errors import PluginError, RecipeError
 from rvgen.losses import Loss
 from rvgen.params import Param
 from rvgen.plugins import BUILTIN_SOURCE, ENV_VAR, Registry, make_plugin_manager, registry_with
@@ -52,10 +52,10 @@ def test_a_plugin_registered_through_the_api_is_usable_in_recipes():
         {"task": {"name": "texture", "loss": "l1"}, "losses": {"l1": {"scale": 2.0}}}, registry=registry
     )
     assert recipe.losses == {"l1": {"scale": 2.0}}
-    with pytest.raises(Exception, match=r"losses\.l1\.scal: unknown key.*'scale'"):
+    with pytest.raises(RecipeError, match=r"losses\.l1\.scal: unknown key.*'scale'"):
         parse_recipe({"task": {"name": "texture"}, "losses": {"l1": {"scal": 2.0}}}, registry=registry)
     # without the plugin, the name is unknown
-    with pytest.raises(Exception, match="unknown loss 'l1'"):
+    with pytest.raises(RecipeError, match="unknown loss 'l1'"):
         parse_recipe({"task": {"name": "texture", "loss": "l1"}})
 
 
