@@ -105,6 +105,7 @@ def check_complete_or_absent(out: Path, inputs: Path) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_two_cpu_workers_share_a_folder_make_each_image_once_and_survive_a_corrupt_one(tmp_path):
     inputs, out, log = folder(tmp_path, 6), tmp_path / "out", tmp_path / "log.jsonl"
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -124,6 +125,7 @@ def test_two_cpu_workers_share_a_folder_make_each_image_once_and_survive_a_corru
     assert events(log)[-1]["failures"][0]["input"] == "broken.jpg"
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_images_and_redoes_changed_ones(tmp_path):
     inputs, out = folder(tmp_path, 3), tmp_path / "out"
     path = recipe(tmp_path)
@@ -152,6 +154,7 @@ def test_a_rerun_skips_finished_images_and_redoes_changed_ones(tmp_path):
     assert "3 done, 0 failed" in text
 
 
+@pytest.mark.slow
 def test_a_changed_style_image_redoes_the_outputs(tmp_path, photos, style_image):
     path = write_recipe(tmp_path / "style.toml", f'''
 [task]
@@ -170,6 +173,7 @@ size = 24
     assert "2 done, 0 failed in" in CliRunner().invoke(cli, args).output
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_image_and_a_rerun_finishes_the_rest(tmp_path):
     inputs, out, log = folder(tmp_path, 6), tmp_path / "out", tmp_path / "log.jsonl"
     path = recipe(tmp_path, 40, 48)
@@ -191,6 +195,7 @@ def test_a_killed_worker_loses_only_its_image_and_a_rerun_finishes_the_rest(tmp_
     assert len(after) == 6 and all(after[k] == v for k, v in finished.items())  # nothing redone
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_leaves_only_complete_files(tmp_path):
     inputs, out = folder(tmp_path, 4), tmp_path / "out"
     path = recipe(tmp_path, 15, 40)
@@ -209,6 +214,7 @@ def test_kill_9_at_a_random_moment_leaves_only_complete_files(tmp_path):
 
 @pytest.mark.parametrize(("sig", "code", "name", "workers"),
                          [(signal.SIGTERM, 143, "SIGTERM", 2), (signal.SIGINT, 130, "SIGINT", 1)])
+@pytest.mark.slow
 def test_sigterm_and_sigint_stop_cleanly_with_a_summary(tmp_path, sig, code, name, workers):
     inputs, out, log = folder(tmp_path, 4), tmp_path / "out", tmp_path / "log.jsonl"
     proc = start(recipe(tmp_path, 300, 48), "-i", inputs, "-o", out, "--devices", "cpu", "--workers", workers,
@@ -288,6 +294,7 @@ def test_cpu_workers_split_the_cores():
                                                                                               ("cpu", 8)]
 
 
+@pytest.mark.slow
 def test_the_dask_backend_makes_the_same_images_as_local_workers(tmp_path):
     distributed = pytest.importorskip("distributed")
     inputs = folder(tmp_path, 2)
@@ -317,6 +324,7 @@ def test_dask_flags_are_checked(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_worker_optimises_images_in_batches_like_one_at_a_time(tmp_path):
     inputs = tmp_path / "in"
     for name in ("astronaut", "camera", "coffee"):  # two squares batch together; coffee is 3:2

@@ -36,6 +36,7 @@ def square(name, size):
     return sample(name, size * 2)[..., :size, :size].contiguous()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lbfgs", "adam"])
 def test_an_image_optimised_in_a_batch_is_the_image_optimised_alone(name):
     # In float64 the backbone's rounding does not depend on the batch, so any coupling
@@ -62,6 +63,7 @@ def test_an_image_optimised_in_a_batch_is_the_image_optimised_alone(name):
         assert other.evaluations == alone.evaluations
 
 
+@pytest.mark.slow
 def test_a_float32_batch_stays_close_to_single_runs():
     synth = style_synth(iterations=6)
     a, b = square("astronaut", 32), square("chelsea", 32)
@@ -180,6 +182,7 @@ def test_the_pyramid_halves_down_to_the_minimum_size():
     assert pyramid((100, 60), 3, 64) == [1.0]
 
 
+@pytest.mark.slow
 def test_the_pyramid_carries_its_coarse_result_up_and_keeps_up_with_single_scale():
     # Texture from noise at 64 px. One iteration at 32 px costs about a quarter of one at
     # 64 px, so 16 coarse + 12 fine iterations cost about as much as 16 fine ones. Which of
@@ -203,6 +206,7 @@ def test_the_pyramid_carries_its_coarse_result_up_and_keeps_up_with_single_scale
     assert losses["pyramid"] < 1.5 * losses["single"], losses
 
 
+@pytest.mark.slow
 def test_precision_resolves_per_device_and_bf16_keeps_losses_in_float32():
     assert precision.resolve("auto", "cpu") == precision.Numerics("fp32", channels_last=False)
     assert precision.resolve("bf16", "cpu").autocast is torch.bfloat16
@@ -275,6 +279,7 @@ def test_memory_estimate_grows_with_size_and_batch_and_counts_the_saved_activati
     assert memory.choose_batch_size(large, "cpu", jobs=10, free=0) == 1
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch_then_reports_the_image_that_never_fits(monkeypatch):
     synth = style_synth(iterations=2, batch_size=4)
     contents = [square(n, 32) for n in ("astronaut", "chelsea", "rocket", "coffee")] + [sample("camera", 24)]
@@ -356,6 +361,7 @@ def test_the_lbfgs_loss_is_the_function_its_gradient_is_of_outside_the_box_too()
     assert slope == pytest.approx(float((g * d).sum()), rel=1e-2)
 
 
+@pytest.mark.slow
 def test_a_reconstruction_from_relu1_1_runs_its_iterations_and_is_exact():
     recipe = parse_recipe({"task": {"name": "reconstruct", "layer": "relu1_1"}, "optimizer": {"iterations": 60},
                            "output": {"size": 48}})

@@ -142,6 +142,7 @@ def test_compare_writes_a_sheet_and_tables_consistent_with_the_images(tmp_path):
     assert width >= 5 * 64 and height >= 2 * 64  # input + 4 columns, 2 rows
 
 
+@pytest.mark.slow
 def test_compare_texture_scores_against_the_input(tmp_path):
     registry = registry_with()
     data = {"task": {"name": "texture"}, "optimizer": {"iterations": 3}, "output": {"size": 32}}

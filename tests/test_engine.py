@@ -81,6 +81,7 @@ def test_auto_weighting_is_the_same_for_kaiming_and_tiny_gaussian_weights():
         assert a.layer_weights[0][layer] == pytest.approx(b.layer_weights[0][layer], rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["kaiming", "normal"])
 def test_texture_loss_falls_by_orders_of_magnitude_with_either_init(init):
     obj = texture_objective(init)

@@ -44,6 +44,7 @@ def test_the_api_makes_what_rvgen_run_writes(tmp_path):
     assert sidecar["loss"]["final"] == pytest.approx(out.loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_variations_come_back_in_order_and_differ(tmp_path):
     pipe = Pipeline.from_recipe(write_recipe(tmp_path / "t.toml", '[task]\nname = "texture"\nvariations = 2\n'
                                              '[optimizer]\niterations = 3\n[output]\nsize = 24\n'))

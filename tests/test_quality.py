@@ -35,6 +35,7 @@ def synthesize(data, content, references=None):
     return synth.run(content)
 
 
+@pytest.mark.slow
 def test_reconstruction_from_relu2_1_is_nearly_exact():
     # Measured: 55-57 dB on astronaut and coffee at 64 px after 100 L-BFGS iterations.
     image = sample("astronaut", 64)
@@ -45,6 +46,7 @@ def test_reconstruction_from_relu2_1_is_nearly_exact():
     assert psnr(start, image) < 12, "the starting noise is far from the photo"
 
 
+@pytest.mark.slow
 def test_texture_matches_the_exemplars_statistics_on_another_network():
     exemplar = sample("gravel", 48)
     result = synthesize({"task": {"name": "texture", "layers": EVAL_LAYERS}, "optimizer": {"iterations": 60},
@@ -79,6 +81,7 @@ def test_style_output_is_closer_to_the_style_than_its_content_was():
     assert content_distance(result.image) < 0.7 * content_distance(style_as_content)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_average_pooling_keeps_deep_layers_invertible(pooling):
     # The paper's point and our measurement: max pooling loses far more from relu3_1 on.
@@ -92,6 +95,7 @@ def test_average_pooling_keeps_deep_layers_invertible(pooling):
         assert value < 18, value
 
 
+@pytest.mark.slow
 def test_style_from_noise_converges_with_the_default_line_search():
     # Measured at 96 px, 40 iterations: with the strong-Wolfe line search the loss falls
     # 5.06 -> 0.19; without it L-BFGS crawls from the tiny gradients of noise (5.06 -> 4.4
