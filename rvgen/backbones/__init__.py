@@ -55,6 +55,13 @@ class Backbone(nn.Module):
     def features(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def tile_geometry(self, layers: Iterable[str]) -> Any:
+        """How ``layers`` sit on the pixel grid, for tiled evaluation of large images: a
+        :class:`rvgen.engine.tiling.TileGeometry` (each layer's stride, and the margin its
+        features reach past a position), or None (the default) when this backbone cannot be
+        evaluated in tiles."""
+        return None
+
     def keep_layers(self, options: Mapping[str, Any], layers: Iterable[str]) -> int:
         """Set ``self.names`` to the layers up to the deepest one in ``layers`` (all of them
         when none is) and return how many that is: the depth to build."""

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rvgen.backbones import Backbone, full_precision
+from rvgen.backbones import PIXELS, Backbone, full_precision
+from rvgen.engine.tiling import TileGeometry
 from rvgen.hookspecs import hookimpl
 from rvgen.params import Param
 
@@ -90,6 +91,22 @@ class VGGFeatures(Backbone):
             in_channels = v
         self.body = nn.ModuleList(modules[:depth])
         self.register_normalization(options.get("normalize", "imagenet"))
+
+    def tile_geometry(self, layers: Iterable[str]) -> TileGeometry:
+        """Each layer's stride, and how far past a position its features reach: a 3x3 conv
+        adds the current stride on both sides, a 2x2 pool the stride after the position."""
+        wanted = set(layers)
+        strides, stride, before, after, margin = {PIXELS: 1}, 1, 0, 0, 1 if PIXELS in wanted else 0
+        for name, module in zip(self.names, self.body):
+            if isinstance(module, nn.Conv2d):
+                before, after = before + stride, after + stride
+            elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
+                after += stride
+                stride *= 2
+            strides[name] = stride
+            if name in wanted:
+                margin = max(margin, before, after)
+        return TileGeometry({layer: strides[layer] for layer in wanted}, margin)
 
     def convs(self) -> list[tuple[int, nn.Conv2d]]:
         """(index in ``body`` and torchvision's ``features``, module) of every conv built, in order."""

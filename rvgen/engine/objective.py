@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rvgen.engine.tiling import TilePlan
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Objective(nn.Module):
         self.autocast: torch.dtype | None = None  # dtype of the backbone's autocast region
         self.channels_last = False
         self._subset: tuple | None = None  # the last subset's rows, targets and weights
+        self.tile_size: int | None = None  # evaluate tile by tile (see rvgen.engine.tiling) when set
+        self.halo: int | None = None  # None: the backbone's full halo (exact)
 
     @staticmethod
     def _static_weights(term: Term) -> dict[str, float | torch.Tensor]:
@@ -95,7 +98,9 @@ class Objective(nn.Module):
             idx = [i for i, t in enumerate(self.terms) if t.target == name]
             if not idx:
                 continue
-            feats = self.features(image, sorted({layer for i in idx for layer in self.terms[i].layers}))
+            layers = sorted({layer for i in idx for layer in self.terms[i].layers})
+            plan = self.tile_plan(tuple(image.shape[-2:]))
+            feats = self.features(image, layers) if plan is None else self.tiled_features(image, layers, plan)
             for i in idx:
                 loss = self.losses[i]
                 for layer in self.terms[i].layers:
@@ -133,8 +138,138 @@ class Objective(nn.Module):
         return total, parts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss per image (B,) and each term's weighted share of it."""
+        """Total loss per image (B,) and each term's weighted share of it. When the image is
+        evaluated in tiles, the values carry no autograd graph (use :meth:`value_and_grad`)."""
+        plan = self.tile_plan(tuple(x.shape[-2:]))
+        if plan is not None:
+            total, parts, _ = self.tiled(x, plan, gradient=False)
+            return total, parts
         return self.combine(self.layer_losses(x))
+
+    # ---- tiled evaluation (rvgen.engine.tiling) --------------------------------------------
+
+    @property
+    def geometry(self):
+        """The backbone's :class:`~rvgen.engine.tiling.TileGeometry` for the layers used, or None
+        when it cannot be tiled."""
+        get = getattr(self.backbone, "tile_geometry", None)
+        return get(self.layers) if get is not None else None
+
+    def untileable(self) -> list[str]:
+        """Why this objective cannot be evaluated in tiles (empty when it can)."""
+        reasons = [f"loss {t.loss!r} is not a sum over positions (it does not declare tiled = True)"
+                   for t, loss in zip(self.terms, self.losses) if not getattr(loss, "tiled", False)]
+        if self.geometry is None:
+            reasons.append(f"backbone {getattr(self.backbone, 'name', '?')!r} does not declare its tile geometry")
+        return list(dict.fromkeys(reasons))
+
+    def tile_plan(self, shape: tuple[int, int]) -> TilePlan | None:
+        """The tiles an image of ``shape`` is evaluated in, or None to evaluate it whole."""
+        if self.tile_size is None or max(shape) <= self.tile_size:
+            return None
+        geometry = self.geometry
+        halo = geometry.halo if self.halo is None else self.halo
+        return TilePlan(tuple(shape), self.tile_size, halo, geometry)
+
+    def _feature_shapes(self, shape: tuple[int, int], plan: TilePlan) -> dict[str, tuple[int, int]]:
+        """Each layer's whole-image map size: floor(pixels / stride), as the pooling floors."""
+        return {layer: (shape[0] // plan.geometry.strides[layer], shape[1] // plan.geometry.strides[layer])
+                for layer in self.layers}
+
+    @torch.no_grad()
+    def tiled_features(self, x: torch.Tensor, layers: Sequence[str], plan: TilePlan) -> dict[str, torch.Tensor]:
+        """The whole image's features at ``layers``, assembled from the tiles' interiors."""
+        shapes = self._feature_shapes(tuple(x.shape[-2:]), plan)
+        out: dict[str, torch.Tensor] = {}
+        for tile in plan:
+            rows, cols = tile.slices()
+            feats = self.features(x[..., rows, cols], layers)
+            for layer in layers:
+                f = feats[layer]
+                w = tile.window(plan.geometry.strides[layer], shapes[layer])
+                if layer not in out:
+                    out[layer] = f.new_zeros((*f.shape[:2], *shapes[layer]), dtype=f.dtype)
+                out[layer][..., w.top:w.top + (w.rows.stop - w.rows.start),
+                           w.left:w.left + (w.cols.stop - w.cols.start)] = f[..., w.rows, w.cols]
+        return out
+
+    def _statistics(self, feats: dict[str, torch.Tensor], tile, plan: TilePlan,
+                    shapes: dict[str, tuple[int, int]], only=None) -> dict[tuple[int, str], torch.Tensor]:
+        out = {}
+        for i, term in enumerate(self.terms):
+            for layer in term.layers:
+                if only is not None and (i, layer) not in only:
+                    continue
+                window = tile.window(plan.geometry.strides[layer], shapes[layer])
+                target = self.targets[(i, layer)] if term.target is not None else None
+                out[(i, layer)] = self._call_per_image(i, "statistic", feats[layer], target, window)
+        return out
+
+    def _call_per_image(self, i: int, method: str, features: torch.Tensor, target: Any, *args) -> torch.Tensor:
+        """A loss's ``statistic`` or ``finish``, image by image when its targets are per image."""
+        fn = getattr(self.losses[i], method)
+        if isinstance(target, PerImage):
+            return torch.cat([fn(f, t, *args) for f, t in zip(features.split(1), target)])
+        return fn(features, target, *args)
+
+    def tiled(self, x: torch.Tensor, plan: TilePlan, gradient: bool = True, only=None):
+        """Loss (B,), parts and (if ``gradient``) d loss / d x, evaluated tile by tile.
+
+        ``only`` restricts the objective to a set of (term index, layer) keys, weighted 1 each
+        (the automatic weighting asks for one layer's gradient at a time)."""
+        shape = tuple(x.shape[-2:])
+        shapes = self._feature_shapes(shape, plan)
+        keys = [(i, layer) for i, t in enumerate(self.terms) for layer in t.layers
+                if only is None or (i, layer) in only]
+        layers = sorted({layer for _, layer in keys})
+        stats: dict[tuple[int, str], torch.Tensor] = {}
+        with torch.no_grad():  # pass 1: the statistics, summed over tiles
+            for tile in plan:
+                rows, cols = tile.slices()
+                feats = self.features(x[..., rows, cols], layers)
+                for key, value in self._statistics(feats, tile, plan, shapes, keys).items():
+                    stats[key] = stats[key] + value if key in stats else value
+        leaves = {key: value.detach().requires_grad_(gradient) for key, value in stats.items()}
+        with torch.enable_grad():
+            per_layer = {}
+            for (i, layer), leaf in leaves.items():
+                term = self.terms[i]
+                target = self.targets[(i, layer)] if term.target is not None else None
+                per_layer[(i, layer)] = self._call_per_image(i, "finish", leaf, target)
+            if only is None:
+                total, parts = self.combine(per_layer)
+            else:
+                total, parts = sum(per_layer.values()), {}
+            if not gradient:
+                return total.detach(), {k: v.detach() for k, v in parts.items()}, None
+            keys = list(leaves)
+            grads = torch.autograd.grad(total.sum(), [leaves[k] for k in keys], allow_unused=True)
+        pulls = {k: g for k, g in zip(keys, grads) if g is not None}
+        grad = torch.zeros_like(x, dtype=torch.float32)
+        for tile in plan:  # pass 2: each tile's statistics, contracted with d loss / d statistic
+            rows, cols = tile.slices()
+            crop = x[..., rows, cols].detach().requires_grad_(True)
+            with torch.enable_grad():
+                feats = self.features(crop, layers)
+                tile_stats = self._statistics(feats, tile, plan, shapes, list(pulls))
+                surrogate = sum((tile_stats[k].float() * pulls[k]).sum() for k in pulls)
+                if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
+                    continue
+                (g,) = torch.autograd.grad(surrogate, crop)
+            grad[..., rows, cols] += g.float()
+        return total.detach(), {k: v.detach() for k, v in parts.items()}, grad
+
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss (B,) and its gradient with respect to ``x``, whole or in tiles."""
+        plan = self.tile_plan(tuple(x.shape[-2:]))
+        if plan is not None:
+            total, _, grad = self.tiled(x, plan)
+            return total, grad
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total, _ = self.forward(x)
+            (grad,) = torch.autograd.grad(total.sum(), x)
+        return total.detach(), grad
 
     @contextmanager
     def subset(self, rows: Sequence[int] | None) -> Iterator[None]:
@@ -175,15 +310,19 @@ class Objective(nn.Module):
         if not auto:
             return
         self._subset = None
+        plan = self.tile_plan(tuple(x0.shape[-2:]))
         x = x0.detach().clone().requires_grad_(True)
-        per_layer = self.layer_losses(x)
+        per_layer = self.layer_losses(x) if plan is None else None
+
+        def pull(i: int, layer: str) -> torch.Tensor:
+            # Images are independent, so the gradient of the batch's sum holds each image's own.
+            if plan is not None:
+                return self.tiled(x0.detach(), plan, only={(i, layer)})[2].flatten(1).norm(dim=1)
+            return torch.autograd.grad(per_layer[(i, layer)].sum(), x, retain_graph=True)[0].float().flatten(1).norm(dim=1)
+
         for i in auto:
             layers = self.terms[i].layers
-            # Images are independent, so the gradient of the batch's sum holds each image's own.
-            norms = torch.stack([
-                torch.autograd.grad(per_layer[(i, layer)].sum(), x, retain_graph=True)[0].float().flatten(1).norm(dim=1)
-                for layer in layers
-            ], dim=1).double().cpu()  # (B, layers)
+            norms = torch.stack([pull(i, layer) for layer in layers], dim=1).double().cpu()  # (B, layers)
             weights = torch.stack([self._auto_row(row.tolist()) for row in norms])
             self.layer_weights[i] = {
                 layer: weights[:, j].to(device=x0.device, dtype=torch.float32) for j, layer in enumerate(layers)

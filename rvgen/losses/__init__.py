@@ -39,6 +39,10 @@ class Loss(nn.Module):
     params: ClassVar[tuple[Param, ...]] = ()
     needs_target: ClassVar[bool] = True
     batched: ClassVar[bool] = False
+    tiled: ClassVar[bool] = False
+    """True promises the loss is a function of a statistic that is a sum over positions, given
+    by :meth:`statistic` and :meth:`finish`, so a large image can be evaluated tile by tile
+    (:mod:`rvgen.engine.tiling`). A loss that leaves it False runs on whole images only."""
 
     def __init__(self, **options: Any):
         super().__init__()
@@ -50,6 +54,23 @@ class Loss(nn.Module):
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def statistic(self, features: torch.Tensor, target: Any, window: Any) -> torch.Tensor:
+        """For ``tiled`` losses: this tile's additive share of the statistic the loss is a
+        function of, over the positions ``window`` (a :class:`rvgen.engine.tiling.Window`)
+        picks out of ``features`` (the tile's map, halo included). Summed over the tiles it
+        is the whole image's statistic, shape (B, ...)."""
+        raise NotImplementedError
+
+    def finish(self, statistic: torch.Tensor, target: Any) -> torch.Tensor:
+        """For ``tiled`` losses: the loss (B,) from the whole image's summed statistic, so that
+        ``finish(statistic(f, t, whole), t)`` equals ``forward(f, t)``."""
+        raise NotImplementedError
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or kept in float64: losses are never computed in half precision."""
+    return t if t.dtype == torch.float64 else t.float()
+
 
 def feature_scale(features: torch.Tensor) -> torch.Tensor:
     """Root mean square of a target's features (1 where it is all zeros), as a 0-d tensor.
@@ -57,13 +78,13 @@ def feature_scale(features: torch.Tensor) -> torch.Tensor:
     Dividing by it before squaring keeps tiny activations (deep layers of a network with
     small random weights) from underflowing float32.
     """
-    rms = features.detach().float().pow(2).mean().sqrt()
+    rms = widen(features.detach()).pow(2).mean().sqrt()
     return torch.where(rms > 0, rms, torch.ones_like(rms))
 
 
 def image_scale(features: torch.Tensor) -> torch.Tensor:
     """:func:`feature_scale` of each image of a batch on its own, shape (B, 1, 1, 1)."""
-    rms = features.detach().float().pow(2).flatten(1).mean(1).sqrt()
+    rms = widen(features.detach()).pow(2).flatten(1).mean(1).sqrt()
     rms = torch.where(rms > 0, rms, torch.ones_like(rms))
     return rms.view(-1, *([1] * (features.dim() - 1)))
 
@@ -95,7 +116,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     Works on channels-last features without copying them (they are read as (B, HW, C)).
     """
     b, c, h, w = features.shape
-    f = features.float()
+    f = widen(features)
     if f.is_contiguous() or not f.is_contiguous(memory_format=torch.channels_last):
         gram = _Gram.apply(f.reshape(b, c, h * w), False)
     else:

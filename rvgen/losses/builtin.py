@@ -1,7 +1,9 @@
 """Built-in losses: content (feature maps), gram (Gatys style statistics), tv (smoothness).
 
 All three are batched: every statistic (the scale of a target, the norm of its Gram) is
-taken per image, so an image's loss does not depend on which images share its batch.
+taken per image, so an image's loss does not depend on which images share its batch. All
+three are tiled: each is a function of a sum over positions, so large images can be
+evaluated tile by tile (:mod:`rvgen.engine.tiling`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from typing import Any
 
 import torch
 
+from rvgen.engine.tiling import Window
 from rvgen.hookspecs import hookimpl
-from rvgen.losses import Loss, gram_matrix, image_scale
+from rvgen.losses import Loss, gram_matrix, image_scale, widen
+
+
+def interior(features: torch.Tensor, window: Window) -> torch.Tensor:
+    return features[..., window.rows, window.cols]
 
 
 class ContentLoss(Loss):
@@ -20,15 +27,25 @@ class ContentLoss(Loss):
     name = "content"
     description = "squared error of feature maps (Mahendran & Vedaldi), relative to the target's energy"
     batched = True
+    tiled = True
 
     def prepare(self, features: torch.Tensor) -> Any:
         scale = image_scale(features)
-        return features.detach().float() / scale, scale
+        return widen(features.detach()) / scale, scale
 
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
         scaled_target, scale = target
-        diff = features.float() / scale - scaled_target
+        diff = widen(features) / scale - scaled_target
         return diff.pow(2).flatten(1).mean(1)
+
+    def statistic(self, features: torch.Tensor, target: Any, window: Window) -> torch.Tensor:
+        scaled_target, scale = target
+        f = widen(interior(features, window)) / scale
+        t = scaled_target[..., window.top:window.top + f.shape[-2], window.left:window.left + f.shape[-1]]
+        return (f - t).pow(2).flatten(1).sum(1) / (f.shape[1] * window.height * window.width)
+
+    def finish(self, statistic: torch.Tensor, target: Any) -> torch.Tensor:
+        return statistic
 
 
 class GramLoss(Loss):
@@ -37,6 +54,7 @@ class GramLoss(Loss):
     name = "gram"
     description = "squared error of Gram matrices (Gatys et al.), relative to the target's, computed in float32"
     batched = True
+    tiled = True
 
     def prepare(self, features: torch.Tensor) -> Any:
         scale = image_scale(features)
@@ -50,6 +68,16 @@ class GramLoss(Loss):
         diff = gram_matrix(features) / scale_squared - gram
         return diff.pow(2).flatten(1).mean(1) / norm
 
+    def statistic(self, features: torch.Tensor, target: Any, window: Window) -> torch.Tensor:
+        # The interior's share of the whole map's Gram, which averages over all its positions.
+        f = interior(features, window)
+        share = f.shape[-2] * f.shape[-1] / (window.height * window.width)
+        return gram_matrix(f) * share
+
+    def finish(self, statistic: torch.Tensor, target: Any) -> torch.Tensor:
+        gram, scale_squared, norm = target
+        return (statistic / scale_squared - gram).pow(2).flatten(1).mean(1) / norm
+
 
 class TotalVariationLoss(Loss):
     """Mean squared difference between neighbouring pixels; suppresses speckle."""
@@ -58,11 +86,27 @@ class TotalVariationLoss(Loss):
     description = "total variation (squared differences of neighbouring pixels); use on the pixels layer"
     needs_target = False
     batched = True
+    tiled = True
 
     def forward(self, features: torch.Tensor, target: Any = None) -> torch.Tensor:
         dx = features[..., :, 1:] - features[..., :, :-1]
         dy = features[..., 1:, :] - features[..., :-1, :]
-        return dx.float().pow(2).flatten(1).mean(1) + dy.float().pow(2).flatten(1).mean(1)
+        return widen(dx).pow(2).flatten(1).mean(1) + widen(dy).pow(2).flatten(1).mean(1)
+
+    def statistic(self, features: torch.Tensor, target: Any, window: Window) -> torch.Tensor:
+        # Each difference belongs to the tile whose interior holds its first pixel; its
+        # second pixel is in the tile's halo, or past the image's edge (then it has none).
+        rows, cols = window.rows, window.cols
+        right = slice(cols.start, min(cols.stop, features.shape[-1] - 1))
+        below = slice(rows.start, min(rows.stop, features.shape[-2] - 1))
+        dx = features[..., rows, right.start + 1:right.stop + 1] - features[..., rows, right]
+        dy = features[..., below.start + 1:below.stop + 1, cols] - features[..., below, cols]
+        h, w, c = window.height, window.width, features.shape[1]
+        return (widen(dx).pow(2).flatten(1).sum(1) / (c * h * (w - 1))
+                + widen(dy).pow(2).flatten(1).sum(1) / (c * (h - 1) * w))
+
+    def finish(self, statistic: torch.Tensor, target: Any = None) -> torch.Tensor:
+        return statistic
 
 
 @hookimpl
