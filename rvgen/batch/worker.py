@@ -109,10 +109,12 @@ class Worker:
                 path.unlink(missing_ok=True)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
+        self.steps.pop(job, None)  # a failed image keeps the steps it wrote, to see where it went
         self.emit(ImageFailed(self.name, job, *failure(exc, self.device, self.recipe.output["size"])))
 
     def _finish(self, job: Job, outcome: Result | RvgenError) -> None:
         if isinstance(outcome, RvgenError):
+            self.steps.pop(job, None)
             self.emit(ImageFailed(self.name, job, *failure(outcome)))
             return
         try:
