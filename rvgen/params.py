@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,8 @@ def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
     images) or a list of images, resolved as :func:`resolve_path` does."""
     from rvgen import imageio
 
+    if key in ctx.cwd_keys:  # set with --set: the list's paths are relative to the working folder too
+        ctx = replace(ctx, base_dir=Path.cwd(), cwd_keys=frozenset())
     if isinstance(value, list):
         if not value or not all(isinstance(v, str) for v in value):
             raise RecipeError(f"{key}: expected a non-empty list of image paths, got {_describe(value)}")
@@ -162,8 +164,7 @@ def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
     if not isinstance(value, str):
         raise RecipeError(f"{key}: expected a path, a folder or a list of paths, got {_describe(value)}")
     if not imageio.is_sample(value):
-        base = Path.cwd() if key in ctx.cwd_keys else ctx.base_dir
-        folder = (base / Path(value).expanduser()).resolve()
+        folder = (ctx.base_dir / Path(value).expanduser()).resolve()
         if folder.is_dir():
             images = sorted(str(p) for p in folder.iterdir()
                             if p.is_file() and imageio.is_image_file(p) and not p.name.startswith("."))
@@ -187,9 +188,15 @@ def _check_layer(value: Any, key: str, ctx: Context) -> str:
 
 def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
     if p.kind == "path":
-        if p.choices is not None and value in p.choices:  # a keyword, not a file
+        if p.choices is None:
+            return resolve_path(value, key, ctx)
+        if value in p.choices:  # a keyword, not a file
             return value
-        return resolve_path(value, key, ctx)
+        try:
+            return resolve_path(value, key, ctx)
+        except RecipeError as exc:
+            words = [str(c) for c in p.choices]
+            raise RecipeError(f"{exc}{suggest(value, words)}; or one of {', '.join(words)}") from None
     if p.kind == "images":
         return resolve_images(value, key, ctx)
     if p.kind == "loss":

@@ -121,6 +121,8 @@ def test_init_from_an_image_file_starts_from_it_resized_to_the_canvas(tmp_path):
     assert (out.tensor - sample("chelsea", SIZE)).abs().mean() > 0.05  # not the photo
     with pytest.raises(RecipeError, match="task.init: file not found"):
         style_recipe(tmp_path, init="missing.png")
+    with pytest.raises(RecipeError, match=r"file not found: .*nose \(did you mean 'noise'\?\); or one of content, noise"):
+        style_recipe(tmp_path, init="nose")
 
 
 def test_style_scale_sizes_the_style_image_and_style_size_wins(tmp_path):
