@@ -1,7 +1,9 @@
 """Reading and writing images and sidecars.
 
-Every image enters rvgen here: files (EXIF orientation applied, any mode converted to RGB)
-and ``skimage:NAME`` sample images that scikit-image ships, so demos run offline. Every file
+Every image enters rvgen here: files (EXIF orientation applied, any mode converted to RGB,
+transparency composited onto white) and ``skimage:NAME`` sample images that scikit-image
+ships, so demos run offline. An input's alpha channel is read separately
+(:func:`load_alpha`) and put back when its result is written. Every file
 rvgen writes leaves here too, through a temporary name and an atomic rename, so a killed run
 never leaves a half-written output.
 """
@@ -81,6 +83,39 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def has_alpha(img: Image.Image) -> bool:
+    """Whether an image (opened, not necessarily loaded) has transparency."""
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def alpha_of(img: Image.Image, size: tuple[int, int] | None = None) -> Image.Image | None:
+    """An image's alpha channel (mode ``L``), resized to ``size`` (width, height) if given;
+    ``None`` for an opaque image."""
+    if not has_alpha(img):
+        return None
+    alpha = img.convert("RGBA").getchannel("A")
+    if size is not None and alpha.size != tuple(size):
+        alpha = alpha.resize(tuple(size), Image.Resampling.LANCZOS)
+    return alpha
+
+
+def load_alpha(source: str | Path, size: tuple[int, int] | None = None) -> Image.Image | None:
+    """The alpha channel of an input (as :func:`alpha_of`), or ``None`` when it has none or
+    cannot be read. Only a file with transparency is decoded; samples have none."""
+    if is_sample(source):
+        return None
+    try:
+        with Image.open(source) as img:
+            if not has_alpha(img):
+                return None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    try:
+        return alpha_of(_open(source), size)
+    except ImageError:
+        return None
+
+
 def fit_long_side(size: tuple[int, int], long_side: int) -> tuple[int, int]:
     """(width, height) scaled so the longer side is ``long_side``."""
     w, h = size
@@ -154,9 +189,13 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def save_image(image: torch.Tensor, path: Path, fmt: str = "png", quality: int = 95) -> None:
-    """Write atomically: the file is either complete or absent."""
+def save_image(image: torch.Tensor, path: Path, fmt: str = "png", quality: int = 95,
+               alpha: Image.Image | None = None) -> None:
+    """Write atomically: the file is either complete or absent. With ``alpha`` (mode ``L``,
+    resized to the image if need be), PNG and WebP are written RGBA; JPEG has no alpha."""
     pil = to_pil(image)
+    if alpha is not None and fmt != "jpg":
+        pil.putalpha(alpha if alpha.size == pil.size else alpha.resize(pil.size, Image.Resampling.LANCZOS))
     options = {"quality": quality} if fmt in ("jpg", "webp") else {}
     try:
         _atomic_write(path, lambda f: pil.save(f, format=SAVE_FORMATS[fmt], **options))

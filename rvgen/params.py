@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ REQUIRED: Any = _Required()
 
 # The kinds a parameter value can have beyond its Python type. The validator resolves
 # them using the context: ``path`` against the recipe's folder, ``layer``/``layers``
-# against the backbone's layer names, ``weighting`` against the layers of its term.
-VALUE_KINDS = ("path", "layer", "layers", "weighting", "size", "loss")
+# against the backbone's layer names, ``weighting`` against the layers of its term;
+# ``images`` is one image (a path, kept a string), a folder (its images) or a list of paths.
+VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Param:
             return "auto|equal|table"
         if self.kind == "size":
             return "int | [width, height]"
+        if self.kind == "images":
+            return "path | folder | list of paths"
         if self.kind in ("path", "layer", "loss"):
             return self.kind
         return self.type.__name__
@@ -147,6 +150,30 @@ def resolve_path(value: str, key: str, ctx: Context) -> str:
     return str(path)
 
 
+def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
+    """One image (a path or ``skimage:NAME``, kept a string), a folder (the sorted list of its
+    images) or a list of images, resolved as :func:`resolve_path` does."""
+    from rvgen import imageio
+
+    if key in ctx.cwd_keys:  # set with --set: the list's paths are relative to the working folder too
+        ctx = replace(ctx, base_dir=Path.cwd(), cwd_keys=frozenset())
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"{key}: expected a non-empty list of image paths, got {_describe(value)}")
+        return [resolve_path(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        raise RecipeError(f"{key}: expected a path, a folder or a list of paths, got {_describe(value)}")
+    if not imageio.is_sample(value):
+        folder = (ctx.base_dir / Path(value).expanduser()).resolve()
+        if folder.is_dir():
+            images = sorted(str(p) for p in folder.iterdir()
+                            if p.is_file() and imageio.is_image_file(p) and not p.name.startswith("."))
+            if not images:
+                raise RecipeError(f"{key}: no images in folder {folder}")
+            return images
+    return resolve_path(value, key, ctx)
+
+
 def _check_layer(value: Any, key: str, ctx: Context) -> str:
     if not isinstance(value, str):
         raise RecipeError(f"{key}: expected a layer name, got {_describe(value)}")
@@ -161,7 +188,17 @@ def _check_layer(value: Any, key: str, ctx: Context) -> str:
 
 def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
     if p.kind == "path":
-        return resolve_path(value, key, ctx)
+        if p.choices is None:
+            return resolve_path(value, key, ctx)
+        if value in p.choices:  # a keyword, not a file
+            return value
+        try:
+            return resolve_path(value, key, ctx)
+        except RecipeError as exc:
+            words = [str(c) for c in p.choices]
+            raise RecipeError(f"{exc}{suggest(value, words)}; or one of {', '.join(words)}") from None
+    if p.kind == "images":
+        return resolve_images(value, key, ctx)
     if p.kind == "loss":
         if ctx.losses is not None and value not in ctx.losses:
             raise unknown("loss", key, value, ctx.losses)
@@ -205,11 +242,11 @@ def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
     """Validate one value against its declaration; returns the normalised value."""
     if value is None and p.nullable:
         return None
-    if p.kind not in ("weighting", "size") and not _type_ok(value, p.type):
+    if p.kind not in ("weighting", "size", "images") and not _type_ok(value, p.type):
         raise RecipeError(f"{key}: expected {p.type_name}, got {_describe(value)}")
     if p.type is float and p.kind is None:
         value = float(value)
-    if p.choices is not None and value not in p.choices:
+    if p.choices is not None and value not in p.choices and p.kind != "path":  # a path's choices are keywords
         raise unknown("value", key, value, [str(c) for c in p.choices])
     if p.minimum is not None and value < p.minimum:
         raise RecipeError(f"{key}: must be at least {p.minimum}, got {value}")

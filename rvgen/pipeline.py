@@ -9,7 +9,7 @@ run``'s workers and ``rvgen compare`` both go through it. From Python::
     from rvgen import Pipeline
 
     pipe = Pipeline.from_recipe("recipes/starry_night.toml", ["output.size=128"])
-    (out,) = pipe.run([PIL.Image.open("photo.jpg")])
+    (out,) = pipe.run([PIL.Image.open("photo.jpg")])  # an RGBA input gives an RGBA out.image
     out.image.save("painted.png"); print(out.loss, out.parts)
 """
 
@@ -47,9 +47,13 @@ class Output:
     variation: int = 0
 
     @classmethod
-    def of(cls, result: Result, variation: int = 0) -> Output:
+    def of(cls, result: Result, variation: int = 0, alpha: Image.Image | None = None) -> Output:
+        """``alpha`` (the input's transparency, mode ``L``) makes ``image`` RGBA; ``tensor`` stays RGB."""
         tensor = result.image.detach().float().cpu()
-        return cls(imageio.to_pil(tensor), tensor, result.loss, result.initial_loss, dict(result.parts),
+        image = imageio.to_pil(tensor)
+        if alpha is not None:
+            image.putalpha(alpha.resize(image.size, Image.Resampling.LANCZOS) if alpha.size != image.size else alpha)
+        return cls(image, tensor, result.loss, result.initial_loss, dict(result.parts),
                    result.iterations, result.seconds, list(result.history), variation)
 
 
@@ -102,6 +106,16 @@ class Pipeline:
             return imageio.from_pil(imageio.to_pil(t), self.size) if max(t.shape[-2:]) != self.size else t
         return imageio.load_image(image, self.size)
 
+    @staticmethod
+    def alpha(image: ImageLike) -> Image.Image | None:
+        """An input's alpha channel (mode ``L``, at its own size), or ``None`` when it is opaque
+        or a tensor: results are written (``rvgen run``) or returned (:meth:`run`) with it."""
+        if isinstance(image, Image.Image):
+            return imageio.alpha_of(image)
+        if isinstance(image, (str, Path)):
+            return imageio.load_alpha(image)
+        return None
+
     def batch_size(self, jobs: int) -> int:
         """Jobs to take at once (square inputs at the output size): the engine's one rule."""
         return self.synth.batch_size((self.size, self.size), jobs)
@@ -124,10 +138,11 @@ class Pipeline:
         count = self.recipe.variations
         expanded = [c for c in contents for _ in range(count)]
         variations = [v for _ in contents for v in range(count)]
+        alphas = [self.alpha(image) for image in images for _ in range(count)]
         outputs: list[Any] = [None] * len(expanded)
         for index, outcome in self.results(expanded, variations, callback):
             outputs[index] = outcome
         for outcome in outputs:
             if isinstance(outcome, RvgenError):
                 raise outcome
-        return [Output.of(result, variation) for result, variation in zip(outputs, variations)]
+        return [Output.of(result, variation, alpha) for result, variation, alpha in zip(outputs, variations, alphas)]

@@ -55,6 +55,10 @@ OUTPUT_PARAMS = (
     Param("size", int, 512, "long side of the result in pixels; inputs are resized to it", minimum=8),
     Param("format", str, "png", "file format of the results", choices=("png", "jpg", "webp")),
     Param("quality", int, 95, "JPEG/WebP quality", minimum=1),
+    Param("save_every", int, 0, "also write the image every N iterations as STEM.iterNNN.FORMAT beside the result "
+          "(0: never; not with --backend dask)", minimum=0, digest_neutral=True),
+    Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them",
+          digest_neutral=True),
 )
 TERM_PARAMS = (
     Param("loss", str, REQUIRED, "the loss plugin", kind="loss"),
@@ -116,9 +120,10 @@ class Recipe:
 
     def references(self, registry: Registry | None = None) -> dict[str, tuple[str, int]]:
         """The reference images the task needs besides the input: name -> (source, long side),
-        the long side defaulting to the output size. Builds no network."""
+        the long side defaulting to the output size (a float is a fraction of it). Builds no
+        network."""
         size = self.output["size"]
-        return {name: (src, long_side or size)
+        return {name: (src, max(1, round(long_side * size)) if isinstance(long_side, float) else long_side or size)
                 for name, (src, long_side) in self.build_task(registry).references().items()}
 
     def build(self, device: str = "cpu", registry: Registry | None = None) -> Synthesizer:
@@ -134,11 +139,12 @@ class Recipe:
         backbone = backbone_cls(self.options("backbone"), layers)
         stacked.apply(backbone)
         objective = Objective(backbone.eval().requires_grad_(False), terms, losses)
-        return Synthesizer(task, objective, self.optimizer, self.pyramid, self.execution, device)
+        return Synthesizer(task, objective, self.optimizer, self.pyramid, self.execution, device,
+                           snapshot_every=self.output["save_every"])
 
     def digest(self) -> str:
         """A hash of everything that changes results (not the description)."""
-        data = self.to_dict()
+        data = copy.deepcopy(self.to_dict())  # its tables are the recipe's own: popping must not change them
         data.pop("description")
         for key in self.neutral_defaults:  # "task.x", "losses.gram.x": the table's path, then the key
             *path, name = key.split(".")

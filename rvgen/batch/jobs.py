@@ -30,6 +30,11 @@ class Job:
     def sidecar(self) -> Path:
         return self.output.with_name(self.output.name + ".json")
 
+    def step(self, iteration: int, iterations: int) -> Path:
+        """Where ``output.save_every`` writes the image at ``iteration``: ``STEM.iterNNN.FORMAT``
+        beside the output, zero-padded to the width of ``iterations``."""
+        return self.output.with_name(f"{self.output.stem}.iter{iteration:0{len(str(iterations))}d}{self.output.suffix}")
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -89,9 +89,16 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) 
     }
 
 
+def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None = None) -> None:
+    """A result (or a step towards it, at ``path``) in the recipe's format, with the input's
+    alpha channel if it has one, resized to the image."""
+    alpha = imageio.load_alpha(job.source, tuple(image.shape[-2:][::-1]))
+    imageio.save_image(image, path or job.output, recipe.output["format"], recipe.output["quality"], alpha)
+
+
 def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> None:
     """The image first, then its sidecar: a sidecar is only ever beside a complete image."""
-    imageio.save_image(result.image, job.output, recipe.output["format"], recipe.output["quality"])
+    write_image(recipe, job, result.image)
     imageio.write_json(sidecar(recipe, key, job, result, device), job.sidecar)
 
 

@@ -27,7 +27,7 @@ from rvgen.batch.events import (
     Step,
 )
 from rvgen.batch.jobs import Job
-from rvgen.batch.sidecar import RunKey, write_result
+from rvgen.batch.sidecar import RunKey, write_image, write_result
 from rvgen.batch.signals import Stopped
 from rvgen.engine import Progress, Result
 from rvgen.errors import RvgenError
@@ -76,6 +76,7 @@ class Worker:
         self.recipe, self.key, self.device, self.name = recipe, key, device, name
         self.emit, self.should_stop, self.keep_images = emit, should_stop, keep_images
         self.pipeline = Pipeline(recipe, device, registry)
+        self.steps: dict[Job, list] = {}  # the step images written of each job (output.save_every)
 
     def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
         """Progress of image ``index`` of ``jobs``: a Step event (and a stop check) at most
@@ -83,6 +84,8 @@ class Worker:
         last = [time.monotonic()]
 
         def callback(index: int, progress: Progress) -> None:
+            if progress.image is not None:
+                self._save_step(jobs[index], progress)
             now = time.monotonic()
             if now - last[0] < STEP_INTERVAL:
                 return
@@ -93,11 +96,25 @@ class Worker:
 
         return callback
 
+    def _save_step(self, job: Job, progress: Progress) -> None:
+        """``output.save_every``: the image at this iteration, beside the output."""
+        path = job.step(progress.iteration, progress.iterations)
+        write_image(self.recipe, job, progress.image, path)
+        self.steps.setdefault(job, []).append(path)
+
+    def _drop_steps(self, job: Job) -> None:
+        """Forget the job's step images; remove them unless ``output.keep_steps``."""
+        for path in self.steps.pop(job, []):
+            if not self.recipe.output["keep_steps"]:
+                path.unlink(missing_ok=True)
+
     def _fail(self, job: Job, exc: BaseException) -> None:
+        self.steps.pop(job, None)  # a failed image keeps the steps it wrote, to see where it went
         self.emit(ImageFailed(self.name, job, *failure(exc, self.device, self.recipe.output["size"])))
 
     def _finish(self, job: Job, outcome: Result | RvgenError) -> None:
         if isinstance(outcome, RvgenError):
+            self.steps.pop(job, None)
             self.emit(ImageFailed(self.name, job, *failure(outcome)))
             return
         try:
@@ -105,6 +122,7 @@ class Worker:
         except Exception as exc:
             self._fail(job, exc)
         else:
+            self._drop_steps(job)
             self.emit(done(self.name, job, outcome, self.keep_images))
 
     def make(self, job: Job) -> None:

@@ -144,13 +144,14 @@ def batched_lbfgs(
     history: int = 50,
     line_search: bool = True,
     max_evaluations: int | None = None,
-    on_iteration: Callable[[int, ImageState], None] | None = None,
+    on_iteration: Callable[[int, ImageState, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, list[ImageState]]:
     """Minimise B independent functions of (B, n) ``x0`` rows; returns the points and states.
 
     ``evaluate`` gives every row's loss and gradient in one call. An image whose loss
     becomes non-finite stops with ``state.error`` set; the others go on.
-    ``on_iteration(b, state)`` is called after each of image b's iterations.
+    ``on_iteration(b, state, point)`` is called after each of image b's iterations, with the
+    row it moved to (a view, valid during the call: copy it to keep it).
     """
     b, n = x0.shape
     dev = x0.device
@@ -278,7 +279,7 @@ def batched_lbfgs(
             st.loss = value
             take[i] = True
             if on_iteration is not None:
-                on_iteration(i, st)
+                on_iteration(i, st, trial[i])
             if st.iterations >= iterations or st.evaluations >= max_evaluations:
                 st.phase = "done"
             else:

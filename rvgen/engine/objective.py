@@ -67,6 +67,9 @@ class Objective(nn.Module):
         self._subset: tuple | None = None  # the last subset's rows, targets and weights
         self.tile_size: int | None = None  # evaluate tile by tile (see rvgen.engine.tiling) when set
         self.halo: int | None = None  # None: the backbone's full halo (exact)
+        self.per_image: set[str] = {"input"}
+        """Targets set with one image per image being optimised (the inputs; references a task
+        adapts to each input); the others are shared by the whole batch."""
 
     @staticmethod
     def _static_weights(term: Term) -> dict[str, float | torch.Tensor]:
@@ -281,7 +284,7 @@ class Objective(nn.Module):
         targets, weights = self.targets, self.layer_weights
         if self._subset is None or self._subset[0] != tuple(rows):
             index = torch.tensor(list(rows), dtype=torch.long)
-            picked = {key: _take(value, rows, index) if self.terms[key[0]].target == "input" else value
+            picked = {key: _take(value, rows, index) if self.terms[key[0]].target in self.per_image else value
                       for key, value in targets.items()}
             picked_weights = [{layer: w.index_select(0, index.to(w.device)) if torch.is_tensor(w) else w
                                for layer, w in term.items()} for term in weights]

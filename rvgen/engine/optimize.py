@@ -45,9 +45,14 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class Progress:
+    """One image's progress. ``image`` is the image after ``iteration`` (1, 3, H, W), clamped
+    to [0, 1], only at the iterations the optimiser was asked to hand it out at (a snapshot);
+    otherwise ``None``, so following progress costs no copies."""
+
     iteration: int
     iterations: int
     loss: float
+    image: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,6 +87,9 @@ class LossHistory:
 BatchCallback = Callable[[int, Progress], None]
 """Called with (index of the image in the batch, its progress)."""
 
+SnapshotAt = Callable[[int], bool]
+"""Whether the progress of this iteration (1-based) carries the image (see :class:`Progress`)."""
+
 
 def final_losses(objective: Objective, x: torch.Tensor) -> tuple[list[float], list[dict[str, float]]]:
     """Each image's total loss and per-term parts at ``x``, as floats."""
@@ -99,8 +107,14 @@ def optimize_batch(
     x0: torch.Tensor,
     config: OptimizerConfig,
     callback: BatchCallback | None = None,
+    snapshot_at: SnapshotAt | None = None,
 ) -> list[Result | OptimizationError]:
-    """Optimise the pixels of every image of ``x0`` (B, 3, H, W); one outcome per image."""
+    """Optimise the pixels of every image of ``x0`` (B, 3, H, W); one outcome per image.
+
+    With a ``callback``, the progress of the iterations ``snapshot_at(iteration)`` accepts
+    carries the image there (only then is one copied off the optimiser)."""
+    if callback is None:
+        snapshot_at = None
     start = time.perf_counter()
     histories = [LossHistory() for _ in range(x0.shape[0])]
 
@@ -110,9 +124,9 @@ def optimize_batch(
             callback(i, progress)
 
     if config.name == "lbfgs":
-        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, record)
+        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, record, snapshot_at)
     elif config.name == "adam":
-        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, record)
+        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, record, snapshot_at)
     else:
         raise ValueError(f"unknown optimizer {config.name!r}")
     x = x.clamp(0, 1)
@@ -178,13 +192,20 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
     return evaluate
 
 
-def _lbfgs(objective, x0, config, callback):
+def _snapshot(point: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A copy of one image, (1, 3, H, W) in [0, 1], as the result would be at this point."""
+    return point.detach().reshape(1, *shape).clamp(0, 1).clone()
+
+
+def _lbfgs(objective, x0, config, callback, snapshot_at=None):
     shape = x0.shape
     flat = x0.detach().reshape(shape[0], -1).contiguous()
 
-    def on_iteration(i, state):
+    def on_iteration(i, state, point):
         if callback is not None:
-            callback(i, Progress(min(state.iterations, config.iterations), config.iterations, state.loss))
+            iteration = min(state.iterations, config.iterations)
+            image = _snapshot(point, shape[1:]) if snapshot_at is not None and snapshot_at(iteration) else None
+            callback(i, Progress(iteration, config.iterations, state.loss, image))
 
     x, states = batched_lbfgs(
         evaluator(objective, shape), flat, config.iterations, lr=config.learning_rate,
@@ -194,7 +215,7 @@ def _lbfgs(objective, x0, config, callback):
             [s.initial_loss for s in states], [s.error for s in states])
 
 
-def _adam(objective, x0, config, callback):
+def _adam(objective, x0, config, callback, snapshot_at=None):
     b = x0.shape[0]
     x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.learning_rate)
@@ -206,17 +227,24 @@ def _adam(objective, x0, config, callback):
         total, _ = objective(x)
         total.sum().backward()
         now = time.perf_counter()
-        # Reading losses syncs the device, so only at the start, the end and every so often.
-        if it == 1 or it == config.iterations or (callback is not None and now - last_report >= REPORT_INTERVAL):
+        snapshot = snapshot_at is not None and snapshot_at(it)
+        # Reading losses syncs the device, so only at the start, the end, at snapshots and every so often.
+        values = None
+        if (it == 1 or it == config.iterations or snapshot
+                or (callback is not None and now - last_report >= REPORT_INTERVAL)):
             last_report = now
-            for i, value in enumerate(total.detach().float().tolist()):
+            values = total.detach().float().tolist()
+            for i, value in enumerate(values):
                 if it == 1:
                     initial[i] = value
                 if errors[i] is None and not math.isfinite(value):
                     errors[i] = f"the loss became {value} by iteration {it}"
-                if callback is not None and errors[i] is None:
-                    callback(i, Progress(it, config.iterations, value))
         opt.step()
         with torch.no_grad():
             x.clamp_(0, 1)
+        if values is not None and callback is not None:  # a snapshot is the image after this step
+            for i, value in enumerate(values):
+                if errors[i] is None:
+                    image = _snapshot(x[i], x.shape[1:]) if snapshot else None
+                    callback(i, Progress(it, config.iterations, value, image))
     return x.detach(), [config.iterations] * b, [config.iterations] * b, initial, errors

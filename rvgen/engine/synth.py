@@ -12,10 +12,16 @@ objective at that size: targets from the inputs and references resized to it, an
 layer weights from the task's own starting image at that size, so the last level optimises
 exactly the single-scale objective.
 
-The task is used through four attributes: ``canvas(content)`` (the result's size),
-``init(content, shape, generator)`` (the starting image), and ``options["seed"]``, with
-which the starting image of variation ``k`` is drawn from a generator seeded
-``seed + VARIATION_SEED_STRIDE * k``.
+The task is used through ``canvas(content)`` (the result's size), ``init(content, shape,
+generator)`` (the starting image), and ``options["seed"]``, with which the starting image of
+variation ``k`` is drawn from a generator seeded ``seed + VARIATION_SEED_STRIDE * k``; and,
+where it has them, three optional members: ``adapted_references()`` names the references
+that ``prepare_reference(name, image, content)`` adapts to each input (their targets are
+then computed per batch, one per image, rather than once per run), and ``finish(result,
+content)`` post-processes every result (and every snapshot) before it is handed out.
+
+With ``snapshot_every = N`` (and a callback), every N-th iteration, counted over all pyramid
+levels, the progress carries the image there, at the canvas size and finished.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ class Synthesizer:
         pyramid: PyramidConfig = PyramidConfig(),
         execution: ExecutionConfig = ExecutionConfig(),
         device: torch.device | str = "cpu",
+        snapshot_every: int = 0,
     ):
         self.task = task
+        self.snapshot_every = snapshot_every
         self.optimizer, self.pyramid, self.execution = optimizer, pyramid, execution
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
@@ -56,6 +64,7 @@ class Synthesizer:
         precision.apply(self.objective, self.numerics)
         self._references: dict[str, torch.Tensor] = {}
         self._reference_targets: dict[float, dict] = {}
+        self._adapted: dict[str, torch.Tensor] = {}  # references prepared per input, as loaded
 
     @property
     def reference_names(self) -> set[str]:
@@ -67,9 +76,23 @@ class Synthesizer:
         missing = self.reference_names - set(images)
         if missing:
             raise ValueError(f"reference images missing: {sorted(missing)}")
-        self._references = {k: v.to(self.device) for k, v in images.items() if k in self.reference_names}
+        adapted = set(getattr(self.task, "adapted_references", lambda: ())()) & self.reference_names
+        self._references = {k: v.to(self.device) for k, v in images.items()
+                            if k in self.reference_names and k not in adapted}
+        self._adapted = {k: v.to(self.device) for k, v in images.items() if k in adapted}
+        self.objective.per_image = {"input", *adapted}
         self._reference_targets = {}
         self._use_references(1.0)
+
+    def _adapt_references(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The adapted references of a batch: name -> (B, 3, h, w), one per input."""
+        return {name: torch.cat([self.task.prepare_reference(name, image, content[i : i + 1]).to(self.device)
+                                 for i in range(content.shape[0])])
+                for name, image in self._adapted.items()}
+
+    def _finish(self, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        finish = getattr(self.task, "finish", None)
+        return image if finish is None else finish(image, content)
 
     def _use_references(self, factor: float) -> None:
         """Put the reference targets of the pyramid level at ``factor`` in the objective."""
@@ -142,12 +165,16 @@ class Synthesizer:
         errors: list[RvgenError | None] = [None] * len(contents)
         totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
         history: list[list[tuple[int, float]]] = [[] for _ in contents]
+        adapted = self._adapt_references(content) if self._adapted else {}
         x = None
         outcomes: list[Result | RvgenError] = []
         for level, (factor, budget) in enumerate(zip(factors, budgets)):
             shape = scaled(canvas, factor)
             level_content = resize(content, scaled(tuple(content.shape[-2:]), factor))
             self._use_references(factor)
+            if adapted:
+                self.objective.set_targets({k: resize(v, scaled(tuple(v.shape[-2:]), factor))
+                                            for k, v in adapted.items()})
             if "input" in self.objective.target_names:
                 self.objective.set_targets({"input": level_content})
             start = self._start(level_content, variations, shape)
@@ -155,8 +182,14 @@ class Synthesizer:
             self.objective.auto_weight(start)
             x0 = start if x is None else resize(x, shape)
             offset = sum(budgets[:level])
-            report = None if callback is None else _offset_callback(callback, offset, total)
-            outcomes = optimize_batch(self.objective, x0, replace(self.optimizer, iterations=budget), report)
+            report, snapshot_at = None, None
+            if callback is not None:
+                report = _offset_callback(callback, offset, total, canvas, content, self._finish)
+                if self.snapshot_every > 0:
+                    every = self.snapshot_every
+                    snapshot_at = lambda it, offset=offset: (offset + it) % every == 0  # noqa: E731
+            outcomes = optimize_batch(self.objective, x0, replace(self.optimizer, iterations=budget), report,
+                                      snapshot_at)
             images = []
             for i, outcome in enumerate(outcomes):
                 if isinstance(outcome, RvgenError):
@@ -176,6 +209,7 @@ class Synthesizer:
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
             outcome.history = history[i]
+            outcome.image = self._finish(outcome.image, content[i : i + 1])
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
@@ -196,6 +230,14 @@ class Synthesizer:
         return outcome
 
 
-def _offset_callback(callback: BatchCallback, offset: int, total: int) -> BatchCallback:
-    """Progress of one pyramid level, counted over all levels."""
-    return lambda i, p: callback(i, Progress(offset + p.iteration, total, p.loss))
+def _offset_callback(callback: BatchCallback, offset: int, total: int, canvas: tuple[int, int],
+                     content: torch.Tensor, finish: Callable) -> BatchCallback:
+    """Progress of one pyramid level, counted over all levels; a snapshot at the canvas size, finished."""
+
+    def report(i: int, p: Progress) -> None:
+        image = p.image
+        if image is not None:
+            image = finish(resize(image, canvas), content[i : i + 1])
+        callback(i, Progress(offset + p.iteration, total, p.loss, image))
+
+    return report

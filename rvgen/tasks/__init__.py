@@ -36,11 +36,15 @@ class Task:
     A task reads its validated options and the backbone's class (whose ``default_layers``
     fill layer options the recipe leaves out), and says:
 
-    - :meth:`references`: images besides the input that its terms compare with, as
-      ``{name: (path or sample, long side in pixels or None for the output size)}``;
+    - :meth:`references`: images besides the input that it uses, as ``{name: (path or sample,
+      long side)}``, the long side in pixels (an int), a fraction of the output size (a
+      float) or None for the output size;
+    - :meth:`adapted_references` and :meth:`prepare_reference`: references made anew for
+      each input (none by default: a reference's targets are computed once per run);
     - :meth:`terms`: the objective, as :class:`~rvgen.engine.Term` objects;
     - :meth:`canvas`: the size of the result, given the input at the output size;
     - :meth:`init`: the starting image;
+    - :meth:`finish`: a post-process of each result (none by default);
     - :meth:`variations`: how many different results to make per input;
     - :attr:`metrics` and :meth:`score`: how ``rvgen compare`` scores a result (none by default).
     """
@@ -59,8 +63,25 @@ class Task:
         value = self.options.get(key)
         return list(value) if value else list(self.default_layers[role])
 
-    def references(self) -> dict[str, tuple[str, int | None]]:
+    def references(self) -> dict[str, tuple[str, int | float | None]]:
         return {}
+
+    def adapted_references(self) -> frozenset[str]:
+        """The references :meth:`prepare_reference` adapts to each input; their targets are
+        computed per batch, one per image. Empty by default: every reference is fixed, its
+        targets computed once per run."""
+        return frozenset()
+
+    def prepare_reference(self, name: str, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """Reference ``name`` (1, 3, h, w) as the terms see it for one input ``content``
+        (1, 3, H, W, at the output size); called only for :meth:`adapted_references`, on the
+        run's device, and must keep the reference's size."""
+        return image
+
+    def finish(self, result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """The result (1, 3, H, W) in [0, 1] as it is handed out, given its input at the output
+        size; applied to every result and snapshot after optimising. The default returns it."""
+        return result
 
     def terms(self) -> list[Term]:
         raise NotImplementedError

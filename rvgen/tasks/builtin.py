@@ -6,11 +6,14 @@ import torch
 
 from collections.abc import Mapping
 
-from rvgen import metrics
+from rvgen import imageio, metrics
 from rvgen.engine.objective import Term
+from rvgen.engine.pyramid import resize
+from rvgen.errors import RecipeError
 from rvgen.hookspecs import hookimpl
 from rvgen.params import REQUIRED, Param
 from rvgen.tasks import Metric, Task, white_noise
+from rvgen.tasks.colors import keep_colors, match_colors
 
 SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)")
 TV_WEIGHT = Param("tv_weight", float, 0.0, "weight of total variation on the pixels (smoothness)", minimum=0.0)
@@ -104,14 +107,23 @@ class Texture(Task):
 
 
 class Style(Task):
-    """Gatys style transfer: keep the input's content, take the style image's statistics."""
+    """Gatys style transfer: keep the input's content, take the style image's statistics.
+
+    Several style images blend as a sum of style terms, one per image with its share of
+    ``style_weight`` (so any style loss can blend); they are named ``style``, ``style2``, ...
+    as references and targets, and all count as the ``style`` part of the loss."""
 
     name = "style"
     description = "content of the input, Gram statistics of a style image (Gatys et al.)"
     params = (
-        Param("style", str, REQUIRED, "style image, relative to the recipe (or skimage:NAME)", kind="path"),
-        Param("style_size", int, None, "long side of the style image in pixels (default: output.size)",
-              minimum=8, nullable=True),
+        Param("style", str, REQUIRED, "style image, relative to the recipe (or skimage:NAME); a list of images, "
+              "or a folder for all its images, blends them", kind="images"),
+        Param("style_weights", list, None, "blend weights of the style images, one per image (default: equal); "
+              "normalised to sum to 1", nullable=True, digest_neutral=True),
+        Param("style_size", int, None, "long side of the style image in pixels (default: output.size); "
+              "wins over style_scale", minimum=8, nullable=True),
+        Param("style_scale", float, 1.0, "long side of the style image relative to output.size, when style_size "
+              "is not set", minimum=0.01, digest_neutral=True),
         Param("content_layers", list, None, "layers whose features keep the content (default: relu2_1 and relu4_2 for VGG)",
               kind="layers", nullable=True),
         Param("style_layers", list, None, "layers whose Gram matrices carry the style (default: relu1_1..relu5_1)",
@@ -121,33 +133,84 @@ class Style(Task):
         WEIGHTING,
         Param("style_loss", str, "gram", "the loss that compares style statistics (a loss plugin's name)",
               kind="loss"),
-        Param("init", str, "content", "starting image", choices=("content", "noise")),
+        Param("colors", str, "style", "style: the style's colours; content: keep the photo's (the result's "
+              "luminance with the photo's chroma, YCbCr); match: the style image's colour mean and covariance "
+              "moved to the photo's before optimising", choices=("style", "content", "match"),
+              digest_neutral=True),
+        Param("init", str, "content", "starting image: content, noise, or an image file (stretched to the "
+              "result's size)", choices=("content", "noise"), kind="path"),
         TV_WEIGHT,
         SEED,
     )
 
     metrics = (GRAM, STRUCTURE, COLOUR, Metric("content_ssim", "content SSIM", True))
 
-    def references(self) -> dict[str, tuple[str, int | None]]:
-        return {"style": (self.options["style"], self.options["style_size"])}
+    def __init__(self, options, default_layers):
+        super().__init__(options, default_layers)
+        self._init_image: torch.Tensor | None = None
+
+    def styles(self) -> list[tuple[str, str, float]]:
+        """(reference name, source, blend weight) of every style image, weights summing to 1."""
+        style = self.options["style"]
+        sources = [style] if isinstance(style, str) else list(style)
+        weights = self.options.get("style_weights")
+        if weights is None:
+            weights = [1.0] * len(sources)
+        if len(weights) != len(sources):
+            raise RecipeError(f"task.style_weights: {len(weights)} weights for {len(sources)} style images")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
+            raise RecipeError(f"task.style_weights: expected numbers >= 0, got {weights!r}")
+        total = float(sum(weights))
+        if total <= 0:
+            raise RecipeError("task.style_weights: at least one weight must be above 0")
+        names = ["style"] + [f"style{k + 1}" for k in range(1, len(sources))]
+        return [(name, src, w / total) for name, src, w in zip(names, sources, weights)]
+
+    def references(self) -> dict[str, tuple[str, int | float | None]]:
+        o = self.options
+        scale = o.get("style_scale", 1.0)
+        long_side = o["style_size"] if o["style_size"] is not None else (scale if scale != 1.0 else None)
+        refs = {name: (source, long_side) for name, source, _ in self.styles()}
+        if o["init"] not in ("content", "noise"):
+            refs["init"] = (o["init"], None)  # so its hash is in the sidecar and a changed file redoes the image
+        return refs
+
+    def adapted_references(self) -> frozenset[str]:
+        if self.options.get("colors") == "match":
+            return frozenset(name for name, _, _ in self.styles())
+        return frozenset()
+
+    def prepare_reference(self, name: str, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return match_colors(image, content)
+
+    def finish(self, result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        if self.options.get("colors") == "content":
+            return keep_colors(result, content)
+        return result
 
     def score(self, result: torch.Tensor, content: torch.Tensor,
               references: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        return {**statistics_scores(result, references["style"]), "content_ssim": metrics.ssim(result, content)}
+        """Scored against the style image of the largest blend weight (the first of equals)."""
+        name = max(self.styles(), key=lambda s: s[2])[0]
+        return {**statistics_scores(result, references[name]), "content_ssim": metrics.ssim(result, content)}
 
     def terms(self) -> list[Term]:
         o = self.options
-        terms = [
-            Term("content", "content", tuple(self.layers_option("content_layers", "content")), o["content_weight"]),
-            Term("style", o["style_loss"], tuple(self.layers_option("style_layers", "style")), o["style_weight"],
-                 "style", o["weighting"]),
-        ]
+        style_layers = tuple(self.layers_option("style_layers", "style"))
+        terms = [Term("content", "content", tuple(self.layers_option("content_layers", "content")), o["content_weight"])]
+        terms += [Term("style", o["style_loss"], style_layers, o["style_weight"] * share, name, o["weighting"])
+                  for name, _, share in self.styles()]
         return [t for t in terms if t.weight > 0] + tv_term(o["tv_weight"])
 
     def init(self, content: torch.Tensor, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        if self.options["init"] == "content":
+        mode = self.options["init"]
+        if mode == "content":
             return content.detach().cpu().clone()
-        return white_noise(shape, generator)
+        if mode == "noise":
+            return white_noise(shape, generator)
+        if self._init_image is None:  # read once, resized to each level's canvas
+            self._init_image = imageio.load_image(mode)
+        return resize(self._init_image, tuple(shape))
 
 
 @hookimpl
