@@ -46,6 +46,7 @@ class Param:
     choices: Sequence[Any] | None = None
     minimum: float | None = None
     kind: str | None = None
+    maximum: float | None = None
     nullable: bool = False
     digest_neutral: bool = False
     """True for a key added after results were made whose default reproduces them: while it
@@ -250,6 +251,8 @@ def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
         raise unknown("value", key, value, [str(c) for c in p.choices])
     if p.minimum is not None and value < p.minimum:
         raise RecipeError(f"{key}: must be at least {p.minimum}, got {value}")
+    if p.maximum is not None and value > p.maximum:
+        raise RecipeError(f"{key}: must be at most {p.maximum}, got {value}")
     return _check_kind(p, value, key, ctx)
 
 

@@ -27,12 +27,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from rvgen import stacked
+from rvgen.backbones import Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.precision import PRECISIONS
 from rvgen.errors import RecipeError
 from rvgen.params import REQUIRED, Context, Param, suggest, unknown, validate
 from rvgen.plugins import Registry, get_registry
 
+MAX_SIZE = 8192  # the largest output side a recipe may ask for (tiling makes it fit)
 SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
 
 OPTIMIZER_PARAMS = (
@@ -50,9 +52,13 @@ OPTIMIZER_PARAMS = (
     Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8),
     Param("scale_iterations", int, None, "iterations at each level below the output size "
           "(default: the same as iterations)", minimum=1, nullable=True),
+    Param("tile_size", int, None, "evaluate images whose long side exceeds this many pixels in tiles of it, "
+          "exactly (default: only when a whole image does not fit in memory); a multiple of 16 for VGG",
+          minimum=16, nullable=True, digest_neutral=True),
 )
 OUTPUT_PARAMS = (
-    Param("size", int, 512, "long side of the result in pixels; inputs are resized to it", minimum=8),
+    Param("size", int, 512, "long side of the result in pixels; inputs are resized to it (at most 8192; "
+          "large images are evaluated in tiles)", minimum=8, maximum=MAX_SIZE),
     Param("format", str, "png", "file format of the results", choices=("png", "jpg", "webp")),
     Param("quality", int, 95, "JPEG/WebP quality", minimum=1),
     Param("save_every", int, 0, "also write the image every N iterations as STEM.iterNNN.FORMAT beside the result "
@@ -72,7 +78,7 @@ TERM_PARAMS = (
 
 
 OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search")
-EXECUTION_FIELDS = ("precision", "batch_size")
+EXECUTION_FIELDS = ("precision", "batch_size", "tile_size")
 PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations")
 
 
@@ -264,6 +270,8 @@ def parse_recipe(
     description = data.get("description", "")
     if not isinstance(description, str):
         raise RecipeError("description: expected a string")
+    if optimizer["tile_size"] is not None:
+        _check_tileable([*task_terms, *terms], backbone, backbone_name, registry)
     neutral = neutral_defaults("task", task_opts, task_cls.params) | neutral_defaults(
         "backbone", backbone_opts, backbone.params
     ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS)
@@ -312,6 +320,18 @@ def _parse_terms(items: Any, task: Any, ctx: Context, registry: Registry) -> lis
             weighting=opts["weighting"],
         ))
     return terms
+
+
+def _check_tileable(terms: Sequence[Term], backbone: Any, backbone_name: str, registry: Registry) -> None:
+    """``optimizer.tile_size`` needs losses that are sums over positions and a backbone that
+    says how its layers sit on the pixel grid."""
+    for term in terms:
+        if not registry.get("loss", term.loss, "loss").cls.tiled:
+            raise RecipeError(f"optimizer.tile_size: loss {term.loss!r} cannot be evaluated in tiles (it does not "
+                              "declare tiled = True); leave tile_size unset")
+    if backbone.tile_geometry is Backbone.tile_geometry:
+        raise RecipeError(f"optimizer.tile_size: backbone {backbone_name!r} cannot be evaluated in tiles "
+                          "(it declares no tile geometry); leave tile_size unset")
 
 
 def _check_term(term: Term, registry: Registry, where: str) -> None:

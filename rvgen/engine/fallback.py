@@ -3,7 +3,8 @@
 Inputs are grouped by size (a batch is one tensor), each group is cut into batches of the
 size :meth:`~rvgen.engine.synth.Synthesizer.batch_size` gives, and each batch is
 optimised at once. When a batch runs out of CUDA memory anyway, it is split in halves and
-retried, down to single images; an image that does not fit even alone gets a one-line
+retried, down to single images; an image that does not fit alone is evaluated in tiles,
+halving the tile until it fits (:mod:`rvgen.engine.tiling`); one that still does not gets a one-line
 :class:`~rvgen.errors.OutOfMemory` error and the others go on. A smaller batch size that
 worked is kept for the rest of the group.
 
@@ -61,6 +62,7 @@ def iter_with_fallback(
     variations = list(variations) if variations is not None else [0] * len(contents)
     for group in group_by_size(contents):
         shape = tuple(contents[group[0]].shape[-2:])
+        synth.forced_tile = None  # a tile forced by running out of memory holds for its size only
         size = batch_size or synth.batch_size(shape, len(group))
         pending = list(group)
         while pending:
@@ -74,6 +76,9 @@ def iter_with_fallback(
                 release_memory(synth.device)
                 if len(chunk) == 1:
                     h, w = synth.task.canvas(contents[chunk[0]])
+                    if synth.smaller_tile((h, w)):  # evaluate it in smaller tiles and try again
+                        pending = chunk + pending
+                        continue
                     yield chunk[0], OutOfMemory(
                         f"out of memory on {synth.device} at {w}x{h} px even alone; "
                         "try a smaller output.size or optimizer.precision = \"bf16\""

@@ -73,14 +73,18 @@ def _meta_copy(backbone: torch.nn.Module) -> torch.nn.Module:
     return meta
 
 
-def estimate(objective: Objective, shape: tuple[int, int], config: OptimizerConfig, numerics: Numerics) -> MemoryEstimate:
-    """The memory an optimisation at ``shape`` (H, W) needs, as fixed + per-image bytes."""
+def estimate(objective: Objective, shape: tuple[int, int], config: OptimizerConfig, numerics: Numerics,
+             with_activations: bool = True) -> MemoryEstimate:
+    """The memory an optimisation at ``shape`` (H, W) needs, as fixed + per-image bytes.
+    ``with_activations=False`` counts only what the whole image keeps when it is evaluated in
+    tiles: the targets and losses' copies of its features (not the backbone's)."""
     saved, layer_numel = _saved_numel(objective.backbone, tuple(objective.layers), shape)
+    if not with_activations:
+        saved = {}
     activations = sum(saved.values()) * numerics.bytes_per_activation
     loss_copies = 2 * 4 * sum(layer_numel.values())  # float32 features (and scaled copies) per loss layer
     backward = 3 * 4 * max(saved.values(), default=0)  # gradient buffers in flight at the widest layer
-    pixels = 3 * shape[0] * shape[1] * 4
-    state = (2 * config.history + 6 if config.name == "lbfgs" else 5) * pixels
+    state = image_state(shape, config)
     weights = sum(p.numel() * p.element_size() for p in objective.parameters())
     weights += sum(b.numel() * b.element_size() for b in objective.buffers())
     if numerics.precision == "bf16":
@@ -118,3 +122,47 @@ def choose_batch_size(est: MemoryEstimate, device: torch.device | str, jobs: int
     at most ``jobs`` and :data:`MAX_BATCH`."""
     free = free_memory(device) if free is None else free
     return max(1, min(est.fits(free), MAX_BATCH, jobs))
+
+
+HISTORY_BUDGET = 2 * 1024**3
+"""Bytes L-BFGS's history may take per image: at large sizes the history is shortened to fit
+(a fixed rule, so a result never depends on the memory free when it was made)."""
+MIN_HISTORY = 5
+
+
+def history_for(shape: tuple[int, int], history: int) -> int:
+    """The L-BFGS history for an image of ``shape`` (H, W): ``history`` pairs, or as many as
+    :data:`HISTORY_BUDGET` holds (each pair is two float32 copies of the image), at least
+    :data:`MIN_HISTORY`. 50 pairs fit up to about 1450 px square, 21 at 2048, 5 at 4096."""
+    pair = 2 * 3 * shape[0] * shape[1] * 4
+    return max(MIN_HISTORY, min(history, HISTORY_BUDGET // pair))
+
+
+def image_state(shape: tuple[int, int], config: OptimizerConfig) -> int:
+    """Bytes the optimiser keeps per image of ``shape``: its history or moments, plus buffers."""
+    pixels = 3 * shape[0] * shape[1] * 4
+    history = history_for(shape, config.history)
+    return (2 * history + 6 if config.name == "lbfgs" else 5) * pixels
+
+
+def tiled_total(objective: Objective, canvas: tuple[int, int], crop: int, config: OptimizerConfig,
+                numerics: Numerics) -> int:
+    """Bytes one image of ``canvas`` needs when evaluated in tiles read ``crop`` pixels square:
+    one tile's activations, and the whole image's optimiser state, gradient and targets."""
+    at_crop = estimate(objective, (min(crop, canvas[0]), min(crop, canvas[1])), config, numerics)
+    tile = at_crop.per_image - image_state((min(crop, canvas[0]), min(crop, canvas[1])), config)
+    whole = estimate(objective, canvas, config, numerics, with_activations=False)  # targets, state
+    return at_crop.fixed + tile + whole.per_image
+
+
+def choose_tile(objective: Objective, canvas: tuple[int, int], config: OptimizerConfig, numerics: Numerics,
+                free: int, stride: int, halo: int) -> int:
+    """The largest tile (a multiple of ``stride``, halving from the image's long side) whose
+    evaluation fits in ``free`` bytes; the smallest tried when none does."""
+    side = max(canvas)
+    tile = max(stride, side // 2 // stride * stride)
+    while tile > stride:
+        if tiled_total(objective, canvas, tile + 2 * halo, config, numerics) <= free * HEADROOM:
+            return tile
+        tile = max(stride, tile // 2 // stride * stride)
+    return tile

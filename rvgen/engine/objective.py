@@ -248,18 +248,18 @@ class Objective(nn.Module):
             keys = list(leaves)
             grads = torch.autograd.grad(total.sum(), [leaves[k] for k in keys], allow_unused=True)
         pulls = {k: g for k, g in zip(keys, grads) if g is not None}
-        grad = torch.zeros_like(x, dtype=torch.float32)
+        grad = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, torch.float32))
         for tile in plan:  # pass 2: each tile's statistics, contracted with d loss / d statistic
             rows, cols = tile.slices()
             crop = x[..., rows, cols].detach().requires_grad_(True)
             with torch.enable_grad():
                 feats = self.features(crop, layers)
                 tile_stats = self._statistics(feats, tile, plan, shapes, list(pulls))
-                surrogate = sum((tile_stats[k].float() * pulls[k]).sum() for k in pulls)
+                surrogate = sum((tile_stats[k] * pulls[k]).sum() for k in pulls)
                 if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
                     continue
                 (g,) = torch.autograd.grad(surrogate, crop)
-            grad[..., rows, cols] += g.float()
+            grad[..., rows, cols] += g.to(grad.dtype)
         return total.detach(), {k: v.detach() for k, v in parts.items()}, grad
 
     def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

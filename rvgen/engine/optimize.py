@@ -179,7 +179,11 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
     is the clamped image's.
     """
 
+    tiled = objective.tile_plan(tuple(shape[-2:])) is not None
+
     def evaluate(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if tiled:
+            return evaluate_tiled(flat, rows)
         x = flat.view(-1, *shape[1:]).detach().requires_grad_(True)
         inside = x.clamp(0, 1)
         with objective.subset(rows):
@@ -188,6 +192,18 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
         loss = total + BOX_PULL * outside  # the line search needs the function its gradient is of
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad.reshape(x.shape[0], -1)
+
+    def evaluate_tiled(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # The same function, its gradient composed by hand around the tiled objective's:
+        # the clamp passes the gradient where 0 <= x <= 1, the pull adds 2 (x - clamp) / n.
+        x = flat.view(-1, *shape[1:]).detach()
+        inside = x.clamp(0, 1)
+        with objective.subset(rows):
+            total, grad_inside = objective.value_and_grad(inside)
+        n = x[0].numel()
+        loss = total + BOX_PULL * (x - inside).pow(2).flatten(1).mean(1)
+        grad = grad_inside * ((x >= 0) & (x <= 1)) + BOX_PULL * 2 * (x - inside) / n
+        return loss, grad.reshape(x.shape[0], -1)
 
     return evaluate
 
@@ -217,6 +233,7 @@ def _lbfgs(objective, x0, config, callback, snapshot_at=None):
 
 def _adam(objective, x0, config, callback, snapshot_at=None):
     b = x0.shape[0]
+    tiled = objective.tile_plan(tuple(x0.shape[-2:])) is not None
     x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.learning_rate)
     initial = [math.nan] * b
@@ -224,8 +241,11 @@ def _adam(objective, x0, config, callback, snapshot_at=None):
     last_report = time.perf_counter()
     for it in range(1, config.iterations + 1):
         opt.zero_grad(set_to_none=False)
-        total, _ = objective(x)
-        total.sum().backward()
+        if tiled:
+            total, x.grad = objective.value_and_grad(x.detach())
+        else:
+            total, _ = objective(x)
+            total.sum().backward()
         now = time.perf_counter()
         snapshot = snapshot_at is not None and snapshot_at(it)
         # Reading losses syncs the device, so only at the start, the end, at snapshots and every so often.

@@ -21,11 +21,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class ExecutionConfig:
     """Where and how an optimisation runs, as opposed to what it optimises: the backbone's
-    precision (one of :data:`PRECISIONS`) and the images per batch (``None``: one at a time
-    on a CPU, as many as fit on a GPU; see :meth:`rvgen.engine.synth.Synthesizer.batch_size`)."""
+    precision (one of :data:`PRECISIONS`), the images per batch (``None``: one at a time on a
+    CPU, as many as fit on a GPU; see :meth:`rvgen.engine.synth.Synthesizer.batch_size`) and
+    the tile size of large images."""
 
     precision: str = "auto"
     batch_size: int | None = None
+    tile_size: int | None = None
+    """Evaluate images larger than this many pixels (long side) in tiles of it; ``None``: only
+    when a whole image does not fit in memory (see :mod:`rvgen.engine.tiling`)."""
 
 
 @dataclass(frozen=True)

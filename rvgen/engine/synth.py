@@ -38,7 +38,7 @@ from rvgen.engine.objective import Objective
 from rvgen.engine.optimize import BatchCallback, OptimizerConfig, Progress, Result, optimize_batch
 from rvgen.engine.precision import ExecutionConfig
 from rvgen.engine.pyramid import PyramidConfig, resize, scaled
-from rvgen.errors import RvgenError
+from rvgen.errors import OutOfMemory, RvgenError
 
 VARIATION_SEED_STRIDE = 7919
 
@@ -65,6 +65,7 @@ class Synthesizer:
         self._references: dict[str, torch.Tensor] = {}
         self._reference_targets: dict[float, dict] = {}
         self._adapted: dict[str, torch.Tensor] = {}  # references prepared per input, as loaded
+        self.forced_tile: int | None = None  # set by the out-of-memory fallback
 
     @property
     def reference_names(self) -> set[str]:
@@ -122,6 +123,44 @@ class Synthesizer:
             return 1
         return memory.choose_batch_size(self.memory_estimate(content_shape), self.device, jobs)
 
+    def tile_size(self, canvas: tuple[int, int], batch: int) -> int | None:
+        """The tile size images of ``canvas`` are evaluated in (None: whole). ``execution.tile_size``
+        if set; else a size forced by the out-of-memory fallback; else whole while the batch
+        fits in the device's free memory (on a CPU, its available RAM), the largest tile that
+        fits when not. Rounded down to a multiple of the network's stride."""
+        requested = self.execution.tile_size or self.forced_tile
+        if requested is None:
+            need = self.memory_estimate_at(canvas).total(batch)
+            if need <= memory.free_memory(self.device) * memory.HEADROOM:
+                return None
+        geometry = self.objective.geometry
+        reasons = self.objective.untileable()
+        if reasons:
+            if requested is None:
+                return None  # let it run whole; the out-of-memory fallback says so if it does not fit
+            raise OutOfMemory(f"cannot evaluate {canvas[1]}x{canvas[0]} px in tiles: {reasons[0]}")
+        if requested is None:
+            requested = memory.choose_tile(self.objective, canvas, self.optimizer, self.numerics,
+                                           memory.free_memory(self.device), geometry.stride, geometry.halo)
+        size = max(geometry.stride, requested // geometry.stride * geometry.stride)
+        return size if max(canvas) > size else None
+
+    def smaller_tile(self, canvas: tuple[int, int]) -> bool:
+        """After running out of memory: evaluate images of ``canvas`` in tiles half the size of
+        the last try. False when they cannot be tiled or are already at the smallest tile."""
+        geometry = self.objective.geometry
+        if self.objective.untileable():
+            return False
+        current = self.forced_tile or self.objective.tile_size or max(canvas)
+        half = current // 2 // geometry.stride * geometry.stride
+        if half < geometry.stride:
+            return False
+        self.forced_tile = half
+        return True
+
+    def memory_estimate_at(self, canvas: tuple[int, int]) -> memory.MemoryEstimate:
+        return memory.estimate(self.objective, tuple(canvas), self.optimizer, self.numerics)
+
     def _start(self, contents: torch.Tensor, variations: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
         """The task's starting image of every input at canvas ``shape``, seeded per variation."""
         seed = int(self.task.options.get("seed", 0))
@@ -158,6 +197,7 @@ class Synthesizer:
             raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
+        self.objective.tile_size = self.tile_size(canvas, len(contents))
         factors = self.pyramid.levels(canvas)
         lower = self.pyramid.scale_iterations or self.optimizer.iterations
         budgets = [lower] * (len(factors) - 1) + [self.optimizer.iterations]
@@ -188,7 +228,8 @@ class Synthesizer:
                 if self.snapshot_every > 0:
                     every = self.snapshot_every
                     snapshot_at = lambda it, offset=offset: (offset + it) % every == 0  # noqa: E731
-            outcomes = optimize_batch(self.objective, x0, replace(self.optimizer, iterations=budget), report,
+            config = replace(self.optimizer, iterations=budget, history=memory.history_for(shape, self.optimizer.history))
+            outcomes = optimize_batch(self.objective, x0, config, report,
                                       snapshot_at)
             images = []
             for i, outcome in enumerate(outcomes):

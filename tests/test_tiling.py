@@ -1,0 +1,145 @@
+"""Tiled evaluation of large images (rvgen.engine.tiling): exact against untiled, chosen when
+memory is short, forced by the out-of-memory fallback, refused for losses that cannot take part."""
+
+import pytest
+import torch
+from conftest import sample
+
+from rvgen import hookimpl
+from rvgen.engine import memory
+from rvgen.engine.fallback import run_with_fallback
+from rvgen.engine.synth import Synthesizer
+from rvgen.errors import RecipeError
+from rvgen.losses import Loss
+from rvgen.plugins import registry_with
+from rvgen.recipe import parse_recipe
+
+TASKS = {
+    "reconstruct": {"name": "reconstruct", "layer": "relu5_1"},
+    "texture": {"name": "texture"},
+    "style": {"name": "style", "style": "skimage:hubble_deep_field", "tv_weight": 0.5},
+}
+
+
+def objective_at(task: dict, size: int, dtype=torch.float64):
+    recipe = parse_recipe({"task": task, "output": {"size": size}})
+    synth = recipe.build("cpu")
+    objective = synth.objective.to(dtype)
+    content = sample("astronaut", size).to(dtype)
+    references = {"style": sample("hubble_deep_field", size).to(dtype)} if "style" in task else {}
+    objective.set_targets({**references, "input": content})
+    x = (content + 0.05 * torch.randn(content.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)).clamp(0, 1)
+    objective.auto_weight(x)
+    return objective, x
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_tiled_loss_and_gradient_equal_the_untiled_ones_with_the_full_halo(task):
+    """160 px in 64 px tiles (9 tiles, none covering the image with its halo), float64, every
+    layer of the task down to relu5_1: the two passes give the whole image's loss and gradient."""
+    objective, x = objective_at(TASKS[task], 160)
+    whole, whole_grad = objective.value_and_grad(x)
+    objective.tile_size = 64
+    plan = objective.tile_plan((160, 160))
+    assert len(plan) == 9 and plan.halo == 96 and plan.crop_side < 160 + 96  # relu5_1 reaches 85 px past
+    tiled, tiled_grad = objective.value_and_grad(x)
+    assert relative(tiled, whole) < 1e-6 and relative(tiled_grad, whole_grad) < 1e-6
+    # A halo shorter than the receptive field is not exact: the error grows as it shrinks.
+    errors = []
+    for halo in (48, 16):
+        objective.halo = halo
+        errors.append(relative(objective.value_and_grad(x)[1], whole_grad))
+    assert 1e-5 < errors[0] < errors[1]
+
+
+def test_tiled_features_are_the_whole_images():
+    objective, x = objective_at(TASKS["style"], 112)
+    whole = objective.features(x, objective.layers)
+    objective.tile_size = 48
+    tiled = objective.tiled_features(x, objective.layers, objective.tile_plan((112, 112)))
+    for layer in objective.layers:
+        assert tiled[layer].shape == whole[layer].shape
+        assert relative(tiled[layer], whole[layer]) < 1e-12, layer
+
+
+def reconstruct_synth(**optimizer) -> Synthesizer:
+    recipe = parse_recipe({"task": {"name": "reconstruct", "layer": "relu2_1"},
+                           "optimizer": {"iterations": 8, **optimizer}, "output": {"size": 96}})
+    synth = recipe.build("cpu")
+    synth.set_references({})
+    return synth
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "adam"])
+def test_a_tiled_optimisation_follows_the_untiled_one(name):
+    content = sample("coffee", 96)
+    whole = reconstruct_synth(name=name).run(content)
+    synth = reconstruct_synth(name=name, tile_size=32)
+    tiled = synth.run(content)
+    assert synth.objective.tile_size == 32 and len(synth.objective.tile_plan((64, 96))) == 6
+    assert tiled.loss == pytest.approx(whole.loss, rel=1e-3)
+    assert (tiled.image - whole.image).abs().mean() < 3e-3  # float32 rounding differs; L-BFGS follows it
+
+
+def test_short_memory_tiles_and_the_out_of_memory_fallback_tiles_an_image_too_big_alone(monkeypatch):
+    synth = reconstruct_synth()
+    canvas = (64, 96)
+    need = synth.memory_estimate_at(canvas).total(1)
+    geometry = synth.objective.geometry
+    assert (geometry.stride, geometry.halo) == (2, 6)  # relu2_1: one pool, 5 px of reach
+    room = memory.tiled_total(synth.objective, canvas, 48 + 2 * 6, synth.optimizer, synth.numerics)
+    assert room < need
+    monkeypatch.setattr(memory, "free_memory", lambda device: room / memory.HEADROOM + 1)
+    assert synth.tile_size(canvas, 1) == 48  # the largest that fits, halving from the long side
+    monkeypatch.setattr(memory, "free_memory", lambda device: need * 100)
+    assert synth.tile_size(canvas, 1) is None
+
+    real, tiles = Synthesizer.run_batch, []
+
+    def only_tiled(self, contents, variations, callback=None):
+        tiles.append(self.forced_tile)
+        if self.forced_tile is None or self.forced_tile > 32:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(self, contents, variations, callback)
+
+    monkeypatch.setattr(Synthesizer, "run_batch", only_tiled)
+    (outcome,) = run_with_fallback(synth, [sample("coffee", 96)])
+    assert tiles == [None, 48, 24] and outcome.loss < outcome.initial_loss  # halved to multiples of 2
+
+
+class Sorted(Loss):
+    """Not a sum over positions: compares sorted activations."""
+
+    name = "sorted"
+
+    def forward(self, features, target):
+        return (features.flatten(1).sort(1).values - target.flatten(1).sort(1).values).pow(2).mean(1)
+
+
+class Plugin:
+    @hookimpl
+    def register_losses(self, register):
+        register(Sorted)
+
+
+def test_tiling_is_refused_in_one_line_for_a_loss_that_cannot_take_part():
+    registry = registry_with([Plugin()])
+    data = {"task": {"name": "texture", "loss": "sorted"}, "optimizer": {"tile_size": 256}}
+    with pytest.raises(RecipeError, match="optimizer.tile_size: loss 'sorted' cannot be evaluated in tiles"):
+        parse_recipe(data, registry=registry)
+    data["optimizer"] = {}
+    reasons = parse_recipe(data, registry=registry).build("cpu", registry).objective.untileable()
+    assert reasons == ["loss 'sorted' is not a sum over positions (it does not declare tiled = True)"]
+    with pytest.raises(RecipeError, match="output.size: must be at most 8192, got 9000"):
+        parse_recipe({"task": {"name": "reconstruct"}, "output": {"size": 9000}})
+
+
+def test_lbfgs_history_is_shortened_at_large_sizes_by_a_fixed_rule():
+    assert memory.history_for((1024, 1024), 50) == 50
+    assert memory.history_for((2048, 2048), 50) == 21
+    assert memory.history_for((4096, 4096), 50) == memory.MIN_HISTORY
