@@ -20,6 +20,7 @@ from rich.table import Table
 
 import rvgen
 from rvgen.errors import RvgenError, UsageError
+from rvgen.shipped import resolve as resolve_recipe
 
 
 class RvgenGroup(click.Group):
@@ -96,6 +97,8 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         quiet: bool) -> None:
     """Run RECIPE over every image of --input, writing one result per image to --output.
 
+    RECIPE is a recipe file or the name of a shipped recipe (see `rvgen recipes`).
+
     Images already made by the same recipe from the same input are skipped, so a rerun
     finishes an interrupted batch."""
     from rvgen.batch.devices import resolve_devices
@@ -116,6 +119,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     if backend == "dask" and (gpus or devices or workers != 1):
         raise UsageError("--gpus, --devices and --workers are for --backend local; a Dask cluster has its own workers")
     shard_k_n = parse_shard(shard) if shard else None
+    recipe = resolve_recipe(recipe)
     parsed = load_recipe(recipe, overrides)
     specs = [WorkerSpec("dask", scheduler)] if scheduler else worker_specs(resolve_devices(gpus, devices), workers)
     output = output or Path("rvgen-out") / recipe.stem
@@ -270,6 +274,24 @@ def plugins(as_json: bool, markdown: bool) -> None:
         console.print()
 
 
+@cli.command()
+def recipes() -> None:
+    """List the recipes shipped with rvgen (run one by name: rvgen run NAME)."""
+    from rvgen.shipped import description, recipes_dir, shipped
+
+    found = shipped()
+    if not found:
+        raise UsageError("no shipped recipes in this installation")
+    console = Console()
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for name, path in found.items():
+        table.add_row(name, escape(description(path)))
+    console.print(table)
+    console.print(f"in {recipes_dir()}; run one with: rvgen run NAME --input PHOTOS", highlight=False, soft_wrap=True)
+
+
 @cli.command(epilog="Exit status: 0 done, 1 some results failed (the others are still scored), 2 usage or "
                      "recipe error, 130 interrupted. Results made so far are in --output/results.")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
@@ -307,10 +329,12 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     from rvgen.recipe import read_recipe_data
 
     _warn_plugin_problems()
+    recipe = resolve_recipe(recipe)
     try:
         seed_list = [int(s) for s in cmp.split_list(seeds)]
     except ValueError:
         raise UsageError(f"--seeds {seeds}: expected a comma list of integers, e.g. 0,1,2") from None
+    recipe = resolve_recipe(recipe)
     data, cwd_keys = read_recipe_data(recipe, overrides)
     columns, recipes = cmp.plan_columns(data, cmp.split_list(backbones), cmp.split_list(layers), seed_list,
                                         get_registry(), recipe.resolve().parent, cwd_keys, str(recipe))
