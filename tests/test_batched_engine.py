@@ -295,9 +295,11 @@ def test_out_of_memory_halves_the_batch_then_reports_the_image_that_never_fits(m
     monkeypatch.setattr(Synthesizer, "run_batch", fake)
     seen = []
     outcomes = run_with_fallback(synth, contents, callback=lambda i, p: seen.append(i))
-    assert sizes == [4, 2, 2, 1, 1, 1]  # 4 fails; [0,1] runs; [2,3] fails; 2 runs; 3 fails alone; the 24 px group
+    # 4 fails; [0,1] runs; [2,3] fails; 2 runs; 3 fails alone, then in tiles of 16, 8 and 4 px
+    # (the network's stride); the 24 px group
+    assert sizes == [4, 2, 2, 1, 1, 1, 1, 1, 1]
     assert [type(o).__name__ for o in outcomes] == ["Result", "Result", "Result", "OutOfMemory", "Result"]
-    assert "out of memory on cpu at 32x32 px even alone" in str(outcomes[3])
+    assert "out of memory on cpu at 32x32 px even alone in tiles of 4 px" in str(outcomes[3])
     assert set(seen) == {0, 1, 2, 4}
     assert isinstance(outcomes[3], OutOfMemory)
     assert [i for i, _ in iter_with_fallback(synth, contents[:2], batch_size=1)] == [0, 1]

@@ -101,7 +101,7 @@ def test_a_folder_of_styles_blends_them_equally_and_weights_must_match(tmp_path)
     refs = recipe.references()
     assert set(refs) == {"style", "style2"}
     task = recipe.build_task()
-    assert [(t.target, t.weight) for t in task.terms() if t.name == "style"] == [("style", 2.5), ("style2", 2.5)]
+    assert [(t.target, t.weight) for t in task.terms() if t.name == "style"] == [("style", 10.0), ("style2", 10.0)]
     out = run(recipe, references=load_references(refs))
     assert set(out.parts) == {"content", "style"}
     with pytest.raises(RecipeError, match="task.style_weights: 1 weights for 2 style images"):

@@ -79,8 +79,9 @@ def iter_with_fallback(
                     if synth.smaller_tile((h, w)):  # evaluate it in smaller tiles and try again
                         pending = chunk + pending
                         continue
+                    tiles = f" in tiles of {synth.forced_tile} px" if synth.forced_tile else ""
                     yield chunk[0], OutOfMemory(
-                        f"out of memory on {synth.device} at {w}x{h} px even alone; "
+                        f"out of memory on {synth.device} at {w}x{h} px even alone{tiles}; "
                         "try a smaller output.size or optimizer.precision = \"bf16\""
                     )
                     continue
