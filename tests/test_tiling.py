@@ -161,3 +161,12 @@ def test_lbfgs_history_is_shortened_at_large_sizes_by_a_fixed_rule():
     assert memory.history_for((1024, 1024), 50) == 50
     assert memory.history_for((2048, 2048), 50) == 21
     assert memory.history_for((4096, 4096), 50) == memory.MIN_HISTORY
+
+
+def test_images_above_1024_px_start_from_coarser_levels_even_at_one_scale():
+    from rvgen.engine.pyramid import PyramidConfig
+
+    assert PyramidConfig().levels((1024, 768)) == [1.0]  # unchanged up to 1024 px
+    assert PyramidConfig().levels((1365, 2048)) == [0.5, 1.0]
+    assert PyramidConfig().levels((4096, 4096)) == [0.25, 0.5, 1.0]
+    assert PyramidConfig(scales=3).levels((2048, 2048)) == [0.25, 0.5, 1.0]  # a recipe's own pyramid wins

@@ -8,10 +8,14 @@ iterations for the same loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+COARSE_ABOVE = 1024  # px: longer sides start from a coarser level even at scales = 1
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,14 @@ class PyramidConfig:
     scale_iterations: int | None = None
 
     def levels(self, canvas: tuple[int, int]) -> list[float]:
-        return pyramid(canvas, self.scales, self.min_size)
+        """Scale factors of the levels, smallest first. A single-scale setting still starts
+        images larger than :data:`COARSE_ABOVE` px from coarser levels, halving down to it:
+        large structures only form at coarse scales, and a large level needs few iterations
+        when it starts from a good half-size result."""
+        scales = self.scales
+        if scales == 1 and max(canvas) > COARSE_ABOVE:
+            scales = 1 + math.ceil(math.log2(max(canvas) / COARSE_ABOVE))
+        return pyramid(canvas, scales, self.min_size)
 
 
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
