@@ -43,7 +43,7 @@ from rvgen.engine.synth import Synthesizer  # noqa: E402
 from rvgen.recipe import parse_recipe  # noqa: E402
 
 STYLE = "skimage:hubble_deep_field"
-CONTENTS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry", "motorcycle_left"]
+CONTENTS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry", "coins"]  # all shipped with scikit-image (no download)
 
 
 def sync(device: torch.device) -> None:
