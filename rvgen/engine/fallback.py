@@ -55,7 +55,8 @@ def iter_with_fallback(
 
     ``contents`` are (1, 3, H, W) tensors at the output size, in any mix of sizes;
     ``variations`` the variation of each (default 0); ``callback(index, progress)`` gets
-    indices into ``contents``. ``batch_size`` overrides the synthesizer's rule. ``on_batch(indices)`` is called before each batch starts (for progress displays).
+    indices into ``contents``. ``batch_size`` overrides the synthesizer's rule.
+    ``on_batch(indices)`` is called before each batch starts (for progress displays).
     Only CUDA out-of-memory errors are caught here; any other exception of a batch
     propagates (the worker decides whether to retry its images one by one).
     """

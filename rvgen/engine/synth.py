@@ -109,8 +109,7 @@ class Synthesizer:
 
     def memory_estimate(self, content_shape: tuple[int, int]) -> memory.MemoryEstimate:
         """What optimising images of this input size (H, W) needs at the output level."""
-        canvas = self.task.canvas(torch.empty(1, 3, *content_shape, device="meta"))
-        return memory.estimate(self.objective, tuple(canvas), self.optimizer, self.numerics)
+        return self.memory_estimate_at(tuple(self.task.canvas(torch.empty(1, 3, *content_shape, device="meta"))))
 
     def batch_size(self, content_shape: tuple[int, int], jobs: int) -> int:
         """Images of this size to optimise at once, the one rule: ``execution.batch_size`` if
@@ -129,9 +128,10 @@ class Synthesizer:
         fits in the device's free memory (on a CPU, its available RAM), the largest tile that
         fits when not. Rounded down to a multiple of the network's stride."""
         requested = self.execution.tile_size or self.forced_tile
+        free = None
         if requested is None:
-            need = self.memory_estimate_at(canvas).total(batch)
-            if need <= memory.free_memory(self.device) * memory.HEADROOM:
+            free = memory.free_memory(self.device)
+            if self.memory_estimate_at(canvas).total(batch) <= free * memory.HEADROOM:
                 return None
         geometry = self.objective.geometry
         reasons = self.objective.untileable()
@@ -140,8 +140,8 @@ class Synthesizer:
                 return None  # let it run whole; the out-of-memory fallback says so if it does not fit
             raise OutOfMemory(f"cannot evaluate {canvas[1]}x{canvas[0]} px in tiles: {reasons[0]}")
         if requested is None:
-            requested = memory.choose_tile(self.objective, canvas, self.optimizer, self.numerics,
-                                           memory.free_memory(self.device), geometry.stride, geometry.halo)
+            requested = memory.choose_tile(self.objective, canvas, self.optimizer, self.numerics, free,
+                                           geometry.stride, geometry.halo)
         size = max(geometry.stride, requested // geometry.stride * geometry.stride)
         return size if max(canvas) > size else None
 
@@ -159,6 +159,7 @@ class Synthesizer:
         return True
 
     def memory_estimate_at(self, canvas: tuple[int, int]) -> memory.MemoryEstimate:
+        """What optimising images of canvas (H, W) needs."""
         return memory.estimate(self.objective, tuple(canvas), self.optimizer, self.numerics)
 
     def _start(self, contents: torch.Tensor, variations: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
