@@ -16,21 +16,28 @@ from contextlib import contextmanager
 EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread by :func:`stop_signals`."""
+class Stopped(BaseException):
+    """The run was asked to stop (SIGINT or SIGTERM): abandon the current image."""
+
+
+class Interrupted(Stopped):
+    """SIGINT or SIGTERM, raised in the main thread by :func:`stop_signals`."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
 
 
-class Stopped(BaseException):
-    """The run was asked to stop (SIGINT or SIGTERM): abandon the current image."""
-
-
 @contextmanager
 def stop_signals() -> Iterator[None]:
-    """SIGTERM raises :class:`Interrupted` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
+
+    SIGINT is not left to Python's KeyboardInterrupt: when a KeyboardInterrupt happens to be
+    raised inside code a C extension runs through ``PyRun_*``, CPython remembers it as
+    unhandled and, at exit, kills the process with SIGINT even though rvgen caught it and
+    asked to exit 130 (about one Ctrl-C in five on CPU). An exception of our own is not
+    remembered that way.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -38,11 +45,12 @@ def stop_signals() -> Iterator[None]:
     def on_signal(signum, frame):
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_FOR_SIGNAL}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def signal_of(exc: BaseException) -> int:
