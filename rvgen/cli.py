@@ -168,7 +168,7 @@ def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Pat
     if shard:
         say(f"  shard:        {shard} ({len(jobs)} of {len(plan.jobs)} jobs)")
     if plan.ignored:
-        say(f"  not images:   {len(plan.ignored)} ({', '.join(plan.ignored[:5])}{' ...' if len(plan.ignored) > 5 else ''})")
+        say(f"  ignored:      {len(plan.ignored)}: {', '.join(plan.ignored[:5])}{' ...' if len(plan.ignored) > 5 else ''}")
     say(f"  workers:      {', '.join(s.name + threads(s) for s in specs)}")
     for job in todo[:50]:
         say(f"  {job.rel} -> {job.output}")

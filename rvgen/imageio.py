@@ -5,13 +5,15 @@ transparency composited onto white) and ``skimage:NAME`` sample images that scik
 ships, so demos run offline. An input's alpha channel is read separately
 (:func:`load_alpha`) and put back when its result is written. Every file
 rvgen writes leaves here too, through a temporary name and an atomic rename, so a killed run
-never leaves a half-written output.
+never leaves a half-written output. Temporary names are rvgen's own
+(``.rvgen-NAME.XXXXXXXX.tmp``, :func:`is_temporary`), so cleaning up never touches a user's file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -158,9 +160,25 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+TEMPORARY_PREFIX = ".rvgen-"
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r".*\.[a-z0-9_]{8}\.tmp", re.DOTALL)
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of the temporary name a file called ``name`` is written under: rvgen's
+    prefix and at most 100 bytes of the name (long names must not make the temporary one too
+    long); :func:`tempfile.mkstemp` adds 8 random characters and ``.tmp``."""
+    return f"{TEMPORARY_PREFIX}{name.encode()[:100].decode(errors='ignore')}."
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of rvgen's temporary names (``.rvgen-NAME.XXXXXXXX.tmp``)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):  # not on Windows
             os.fchmod(fd, FILE_MODE)

@@ -82,7 +82,7 @@ def test_jobs_keep_relative_paths_and_skip_hidden_files(tmp_path):
         ("b.png", "b.v0.jpg", 0), ("b.png", "b.v1.jpg", 1),
         ("sub/a.jpg", "sub/a.v0.jpg", 0), ("sub/a.jpg", "sub/a.v1.jpg", 1),
     ]
-    assert plan.ignored == ["notes.md"]
+    assert plan.ignored == ["notes.md (not an image format)"]
     assert plan.jobs[0].sidecar == tmp_path / "out" / "b.v0.jpg.json"
     single = plan_jobs(str(tmp_path / "in" / "b.png"), Path("o"))
     assert [j.rel for j in single.jobs] == ["b.png"]

@@ -2,14 +2,23 @@
 
 Inputs are a folder (searched recursively), a single image file, or ``skimage:NAME[,NAME]``
 sample images. Each input gives one output per variation, at the same relative path under
-the output folder, so ``photos/2024/a.jpg`` becomes ``out/2024/a.png``. Two inputs that
-differ only in extension keep it in the name (``a.jpg.png``, ``a.png.png``).
+the output folder, so ``photos/2024/a.jpg`` becomes ``out/2024/a.png``. Inputs whose outputs
+would share a name keep their extension in it (``a.jpg.png``, ``a.png.png``); names are
+compared ignoring case, so a folder makes the same outputs on every file system.
+
+The plan never loses data: no output is an input, no two jobs share an output, and every
+output lies inside the output folder once links are followed; a plan that would break one
+of these is refused (:class:`~rvgen.errors.UsageError`) before any work. Files of the input
+folder that give no job are listed with the reason (:attr:`Plan.ignored`); hidden ones are not.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-from collections import Counter
+import os
+import stat
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,14 +48,27 @@ class Job:
 @dataclass(frozen=True)
 class Plan:
     jobs: list[Job]
-    ignored: list[str]  # files in the input folder that are not images
+    ignored: list[str]  # what in the input folder gives no job: "NAME (why)", e.g. "notes.txt (not an image format)"
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, listed in a folder but not a file once links are followed, is no input."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that loops"
+        return "a broken link" if path.is_symlink() else f"cannot be read: {exc.strerror or exc}"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def find_inputs(spec: str, exclude: Path | None = None) -> tuple[list[tuple[str, PurePosixPath]], list[str]]:
-    """(source, relative path) of each input image, sorted, and the non-image files seen.
+    """(source, relative path) of each input image, sorted, and what else the folder holds:
+    ``"NAME (why)"`` for each file that is not an input (not an image format, a broken link)
+    and each link to a folder (never followed). Hidden files and folders are left out silently.
 
-    Files under ``exclude`` (the output folder, when it lies inside the input folder) are
-    not inputs.
+    ``exclude`` is the output folder: when it lies inside the input folder its files are
+    earlier results, not inputs; when it is the input folder, that is an error.
     """
     if is_sample(spec):
         names = [n.strip() for n in spec[len(SAMPLE_PREFIX):].split(",") if n.strip()]
@@ -60,31 +82,135 @@ def find_inputs(spec: str, exclude: Path | None = None) -> tuple[list[tuple[str,
         return [(str(root), PurePosixPath(root.name))], []
     if not root.is_dir():
         raise UsageError(f"--input: no such file or folder: {spec}")
-    images, ignored = [], []
-    excluded = exclude.resolve() if exclude is not None else None
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if excluded is not None and path.resolve().is_relative_to(excluded):
-            continue
-        rel = PurePosixPath(path.relative_to(root).as_posix())
-        if any(part.startswith(".") for part in rel.parts):
-            continue  # hidden files and folders (.DS_Store, .git)
-        if is_image_file(path):
-            images.append((str(path), rel))
-        else:
-            ignored.append(str(rel))
-    return images, ignored
+    excluded = _resolve(exclude) if exclude is not None else None
+    if excluded is not None and root.resolve() == excluded:
+        raise UsageError(f"--input {spec} is also the output folder; results would land among the inputs: "
+                         "choose another --output")
+    images: list[tuple[str, PurePosixPath]] = []
+    ignored: list[tuple[PurePosixPath, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        rel = PurePosixPath(Path(exc.filename).relative_to(root).as_posix())
+        ignored.append((rel, f"folder, cannot be read: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):  # never follows links to folders
+        here = Path(folder)
+        kept = []
+        for name in dirs:
+            path = here / name
+            if name.startswith("."):
+                continue  # hidden folders (.git)
+            if path.is_symlink():
+                ignored.append((PurePosixPath(path.relative_to(root).as_posix()), "a link to a folder, not followed"))
+            elif excluded is None or path.resolve() != excluded:
+                kept.append(name)
+        dirs[:] = kept
+        for name in files:
+            if name.startswith("."):
+                continue  # hidden files (.DS_Store)
+            path = here / name
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if not path.is_file():
+                ignored.append((rel, _not_a_file(path)))
+            elif not is_image_file(path):
+                ignored.append((rel, "not an image format"))
+            elif excluded is not None and path.is_symlink() and path.resolve().is_relative_to(excluded):
+                ignored.append((rel, "a link into the output folder"))
+            else:
+                images.append((str(path), rel))
+    images.sort(key=lambda item: item[1].parts)
+    ignored.sort(key=lambda item: item[0].parts)
+    return images, [f"{rel} ({why})" for rel, why in ignored]
+
+
+def _name(rel: PurePosixPath, keep_extension: bool, variation: int, variations: int, fmt: str) -> PurePosixPath:
+    base = rel if keep_extension else rel.with_suffix("")
+    suffix = f".v{variation}" if variations > 1 else ""
+    return base.with_name(f"{base.name}{suffix}.{fmt}")
+
+
+def _output_names(rels: list[PurePosixPath], variations: int, fmt: str) -> list[list[PurePosixPath]]:
+    """Each input's output names (one per variation) under the output folder: the name without
+    the input's extension, or with it for inputs whose outputs would otherwise share a name
+    (compared ignoring case), repeated until no more clash. Then only inputs whose names differ
+    only in case can still clash: that is refused."""
+    keep: set[int] = set()
+    while True:
+        names = [[_name(rel, i in keep, v, variations, fmt) for v in range(variations)] for i, rel in enumerate(rels)]
+        owners: dict[str, dict[int, PurePosixPath]] = defaultdict(dict)
+        for i, outputs in enumerate(names):
+            for name in outputs:
+                owners[str(name).casefold()].setdefault(i, name)
+        clashing = {i for owner in owners.values() if len(owner) > 1 for i in owner}
+        if clashing <= keep:
+            break
+        keep |= clashing
+    clashes = sorted(sorted(owner.items()) for owner in owners.values() if len(owner) > 1)
+    if clashes:
+        more = f" (and {len(clashes) - 1} more such clash(es))" if len(clashes) > 1 else ""
+        raise UsageError(f"inputs {' and '.join(str(rels[i]) for i, _ in clashes[0])} would make outputs whose "
+                         f"names differ only in case ({', '.join(str(name) for _, name in clashes[0])}), one file "
+                         f"on macOS and Windows{more}: rename one of them")
+    return names
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link that loops
+        raise UsageError(f"{path}: a link that loops; remove it") from None
+
+
+def _outside(output_dir: Path, folder: Path) -> str:
+    """The link in ``folder`` (under ``output_dir``) that leads out of ``output_dir``, described."""
+    for part in [folder, *folder.parents]:
+        if part == output_dir:
+            break
+        if part.is_symlink():
+            return f"{part} is a link to {os.readlink(part)}"
+    return f"{folder} lies at {_resolve(folder)}"
+
+
+def _check_outputs(jobs: list[Job], output_dir: Path) -> None:
+    """Refuse a plan that would write outside ``output_dir`` through a link, write one file
+    twice (through two folders that a link makes one), or overwrite an input. Paths are
+    compared with links followed and ignoring case."""
+    root = _resolve(output_dir)
+    folders: dict[Path, Path] = {}
+    written: dict[str, tuple[Job, Path]] = {}
+    for job in jobs:
+        folder = job.output.parent
+        if folder not in folders:
+            folders[folder] = _resolve(folder)
+            if not folders[folder].is_relative_to(root):
+                raise UsageError(f"{_outside(output_dir, folder)}, outside --output {output_dir}; rvgen writes "
+                                 "only inside --output: remove the link or choose another --output")
+        for path in (job.output, job.sidecar):
+            key = str(folders[folder] / path.name).casefold()
+            if key in written:
+                raise UsageError(f"inputs {written[key][0].rel} and {job.rel} would both write {path} "
+                                 "(a link makes their folders one): remove the link or rename one of them")
+            written[key] = (job, path)
+    for job in jobs:
+        if not is_sample(job.source):
+            clash = written.get(str(_resolve(Path(job.source))).casefold())
+            if clash is not None:
+                raise UsageError(f"the result of {clash[0].rel} ({clash[1]}) would overwrite the input "
+                                 f"{job.source}; rvgen never overwrites an input: choose an --output apart "
+                                 "from the inputs")
 
 
 def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png") -> Plan:
+    """The jobs for ``input_spec`` into ``output_dir``; raises :class:`~rvgen.errors.UsageError`
+    for a plan that would lose data (see the module's docstring)."""
     inputs, ignored = find_inputs(input_spec, exclude=output_dir)
-    stems = Counter(rel.with_suffix("") for _, rel in inputs)
-    jobs = []
-    for source, rel in inputs:
-        base = rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel
-        for v in range(variations):
-            suffix = f".v{v}" if variations > 1 else ""
-            out = output_dir / Path(*base.parts[:-1]) / f"{base.name}{suffix}.{fmt}"
-            jobs.append(Job(source=source, rel=str(rel), output=out, variation=v))
+    names = _output_names([rel for _, rel in inputs], variations, fmt)
+    jobs = [
+        Job(source=source, rel=str(rel), output=output_dir / Path(*name.parts), variation=v)
+        for (source, rel), outputs in zip(inputs, names)
+        for v, name in enumerate(outputs)
+    ]
+    _check_outputs(jobs, output_dir)
     return Plan(jobs=jobs, ignored=ignored)
 
 

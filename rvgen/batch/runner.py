@@ -16,6 +16,7 @@ Around it: :func:`prepare` (the run's key, after checking the reference images o
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from rvgen.batch.local import run_inline, run_processes
 from rvgen.batch.remote import run_dask
 from rvgen.batch.sidecar import RunKey
 from rvgen.batch.summary import Reporter, RunInfo, Summary, Tracker, WorkerSpec
+from rvgen.imageio import is_temporary
 from rvgen.pipeline import load_references
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
@@ -85,10 +87,18 @@ def worker_specs(devices: Sequence[str], per_device: int = 1, cpu_count: int | N
 
 
 def remove_leftovers(folder: Path) -> int:
-    """Delete temporary files a killed run left behind (``.NAME.XXXX.tmp``); call with the lock held."""
+    """Delete the temporary files a killed run left in ``folder`` and its sub-folders: only
+    rvgen's own (:func:`rvgen.imageio.is_temporary`), never a user's file. Links to folders are
+    not followed and hidden folders not entered (rvgen writes in neither). Call with the lock held."""
     count = 0
-    if folder.is_dir():
-        for path in folder.rglob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            count += 1
+    for parent, dirs, files in os.walk(folder):  # followlinks=False
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        for name in files:
+            path = Path(parent) / name
+            try:
+                if is_temporary(name) and stat.S_ISREG(path.lstat().st_mode):
+                    path.unlink()
+                    count += 1
+            except FileNotFoundError:
+                pass
     return count
