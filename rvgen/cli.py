@@ -130,7 +130,9 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
             console.print(f"no --input given: using scikit-image's sample photos ({input_spec})", highlight=False)
     plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"])
     if not plan.jobs:
-        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
+        shown = ", ".join(plan.ignored[:3]) + (" ..." if len(plan.ignored) > 3 else "")
+        ignored = f"; ignored: {shown}" if shown else ""
+        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff){ignored}")
     jobs = plan.jobs
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)

@@ -280,7 +280,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "  to make:      1" in lines and any(line.startswith("  already done: 2") for line in lines)
-    assert "  not images:   1 (readme.txt)" in lines
+    assert "  ignored:      1: readme.txt (not an image format)" in lines
     assert any(line.startswith("  workers:      cpu#1") for line in lines)
     assert f"  coffee.png -> {out / 'coffee.png'}" in lines
     assert not (out / "coffee.png.json").exists()

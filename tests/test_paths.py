@@ -112,6 +112,16 @@ def test_variations_of_clashing_inputs_get_their_own_outputs(tmp_path):
                                              "a.png.v0.png", "a.png.v1.png"]
 
 
+def test_an_input_named_like_another_results_step_image_gets_its_own_output(tmp_path):
+    folder = tmp_path / "in"
+    write_sample(folder / "a.jpg", "coffee", 24)  # output.save_every writes a.iter5.png beside a.png
+    write_sample(folder / "a.iter5.png", "chelsea", 24)
+    write_sample(folder / "b.iter5.png", "rocket", 24)  # no b.png: keeps its name
+    plan = plan_jobs(str(folder), tmp_path / "out")
+    assert names(plan, tmp_path / "out") == ["a.iter5.png.png", "a.jpg.png", "b.iter5.png"]
+    assert plan.jobs[1].step(5, 10) == tmp_path / "out" / "a.jpg.iter05.png"
+
+
 def test_names_differing_only_in_case_keep_their_extension_or_are_refused(tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     write_sample(folder / "IMG_1.JPG", "coffee", 24, fmt="JPEG")
@@ -225,6 +235,19 @@ def test_links_and_files_that_give_no_job_are_listed_with_the_reason(tmp_path):
     assert code == 0, text
     assert ("  ignored:      6: broken.png (a broken link), loop.png (a link that loops), more (a link to a folder, "
             "not followed), notes.txt (not an image format), pipe.png (not a regular file) ...") in text.splitlines()
+
+
+def test_no_images_found_says_what_was_ignored(tmp_path):
+    folder = tmp_path / "in"
+    write_sample(tmp_path / "albums" / "a.png", "coffee", 24)
+    folder.mkdir()
+    (folder / "2024").symlink_to(tmp_path / "albums")
+    (folder / "notes.txt").write_text("x")
+    code, text = run(tmp_path, "-i", folder, "-o", tmp_path / "out")
+    assert code == 2
+    assert text.strip().splitlines()[-1] == (
+        f"Error: --input {folder}: no images found (looked for jpg, png, webp, bmp, tiff); ignored: 2024 (a link "
+        "to a folder, not followed), notes.txt (not an image format)")
 
 
 def test_a_link_into_the_output_folder_is_listed_not_read(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from rvgen.errors import UsageError
 from rvgen.imageio import SAMPLE_PREFIX, is_image_file, is_sample
 
 DEFAULT_SAMPLES = "skimage:astronaut,chelsea,coffee"
+STEP_NAME = re.compile(r"(.+)\.iter\d+(\.[^.]+)", re.DOTALL)  # what Job.step makes: (stem, suffix)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def find_inputs(spec: str, exclude: Path | None = None) -> tuple[list[tuple[str,
 
     def unreadable(exc: OSError) -> None:
         rel = PurePosixPath(Path(exc.filename).relative_to(root).as_posix())
-        ignored.append((rel, f"folder, cannot be read: {exc.strerror or exc}"))
+        ignored.append((rel, f"a folder that cannot be read: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, onerror=unreadable):  # never follows links to folders
         here = Path(folder)
@@ -132,8 +134,9 @@ def _name(rel: PurePosixPath, keep_extension: bool, variation: int, variations: 
 def _output_names(rels: list[PurePosixPath], variations: int, fmt: str) -> list[list[PurePosixPath]]:
     """Each input's output names (one per variation) under the output folder: the name without
     the input's extension, or with it for inputs whose outputs would otherwise share a name
-    (compared ignoring case), repeated until no more clash. Then only inputs whose names differ
-    only in case can still clash: that is refused."""
+    (compared ignoring case) or whose output is named like another output's step image
+    (``a.iter5.png`` beside ``a.png``), repeated until no more clash. Then only inputs whose
+    names differ only in case can still clash: that is refused."""
     keep: set[int] = set()
     while True:
         names = [[_name(rel, i in keep, v, variations, fmt) for v in range(variations)] for i, rel in enumerate(rels)]
@@ -141,6 +144,9 @@ def _output_names(rels: list[PurePosixPath], variations: int, fmt: str) -> list[
         for i, outputs in enumerate(names):
             for name in outputs:
                 owners[str(name).casefold()].setdefault(i, name)
+                step = STEP_NAME.fullmatch(name.name)
+                if step:  # named like a step image of the output STEM.SUFFIX (output.save_every)
+                    owners[str(name.with_name(step[1] + step[2])).casefold()].setdefault(i, name)
         clashing = {i for owner in owners.values() if len(owner) > 1 for i in owner}
         if clashing <= keep:
             break
