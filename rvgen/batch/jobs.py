@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import stat
 from collections import defaultdict
@@ -27,7 +28,7 @@ from rvgen.errors import UsageError
 from rvgen.imageio import SAMPLE_PREFIX, is_image_file, is_sample
 
 DEFAULT_SAMPLES = "skimage:astronaut,chelsea,coffee"
-STEP_NAME = re.compile(r"(.+)\.iter\d+(\.[^.]+)", re.DOTALL)  # what Job.step makes: (stem, suffix)
+STEP_NAME = re.compile(r"(.+)\.iter\d+(\.[^./]+)", re.DOTALL)  # what Job.step makes: (stem, suffix)
 
 
 @dataclass(frozen=True)
@@ -88,65 +89,71 @@ def find_inputs(spec: str, exclude: Path | None = None) -> tuple[list[tuple[str,
     if excluded is not None and root.resolve() == excluded:
         raise UsageError(f"--input {spec} is also the output folder; results would land among the inputs: "
                          "choose another --output")
-    images: list[tuple[str, PurePosixPath]] = []
-    ignored: list[tuple[PurePosixPath, str]] = []
-
-    def unreadable(exc: OSError) -> None:
-        rel = PurePosixPath(Path(exc.filename).relative_to(root).as_posix())
-        ignored.append((rel, f"a folder that cannot be read: {exc.strerror or exc}"))
-
-    for folder, dirs, files in os.walk(root, onerror=unreadable):  # never follows links to folders
-        here = Path(folder)
-        kept = []
-        for name in dirs:
-            path = here / name
-            if name.startswith("."):
-                continue  # hidden folders (.git)
-            if path.is_symlink():
-                ignored.append((PurePosixPath(path.relative_to(root).as_posix()), "a link to a folder, not followed"))
-            elif excluded is None or path.resolve() != excluded:
-                kept.append(name)
-        dirs[:] = kept
-        for name in files:
-            if name.startswith("."):
-                continue  # hidden files (.DS_Store)
-            path = here / name
-            rel = PurePosixPath(path.relative_to(root).as_posix())
-            if not path.is_file():
-                ignored.append((rel, _not_a_file(path)))
-            elif not is_image_file(path):
+    base = str(root)
+    images: list[tuple[str, str]] = []  # (source, the name under the input folder: "2024/a.jpg")
+    ignored: list[tuple[str, str]] = []  # (name, why)
+    folders = [(base, "")]
+    while folders:  # a walk that never follows links to folders (os.scandir: one stat per link, not per file)
+        folder, prefix = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            ignored.append((prefix.rstrip("/") or ".", f"a folder that cannot be read: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files and folders (.DS_Store, .git)
+            rel = prefix + entry.name
+            if _is(entry.is_dir):
+                if entry.is_symlink():
+                    ignored.append((rel, "a link to a folder, not followed"))
+                elif excluded is None or Path(entry.path).resolve() != excluded:
+                    folders.append((entry.path, rel + "/"))
+            elif not _is(entry.is_file):
+                ignored.append((rel, _not_a_file(Path(entry.path))))
+            elif not is_image_file(Path(entry.name)):
                 ignored.append((rel, "not an image format"))
-            elif excluded is not None and path.is_symlink() and path.resolve().is_relative_to(excluded):
+            elif excluded is not None and entry.is_symlink() and Path(entry.path).resolve().is_relative_to(excluded):
                 ignored.append((rel, "a link into the output folder"))
             else:
-                images.append((str(path), rel))
-    images.sort(key=lambda item: item[1].parts)
-    ignored.sort(key=lambda item: item[0].parts)
-    return images, [f"{rel} ({why})" for rel, why in ignored]
+                images.append((rel if base == "." else entry.path, rel))
+    images.sort(key=lambda item: item[1].split("/"))
+    ignored.sort(key=lambda item: item[0].split("/"))
+    return [(source, PurePosixPath(rel)) for source, rel in images], [f"{rel} ({why})" for rel, why in ignored]
 
 
-def _name(rel: PurePosixPath, keep_extension: bool, variation: int, variations: int, fmt: str) -> PurePosixPath:
-    base = rel if keep_extension else rel.with_suffix("")
+def _is(test) -> bool:
+    """A :class:`os.DirEntry` test (``is_dir``, ``is_file``; links followed), False where the
+    link is broken or loops."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
+def _name(rel: str, keep_extension: bool, variation: int, variations: int, fmt: str) -> str:
+    base = rel if keep_extension else posixpath.splitext(rel)[0]
     suffix = f".v{variation}" if variations > 1 else ""
-    return base.with_name(f"{base.name}{suffix}.{fmt}")
+    return f"{base}{suffix}.{fmt}"
 
 
-def _output_names(rels: list[PurePosixPath], variations: int, fmt: str) -> list[list[PurePosixPath]]:
-    """Each input's output names (one per variation) under the output folder: the name without
-    the input's extension, or with it for inputs whose outputs would otherwise share a name
-    (compared ignoring case) or whose output is named like another output's step image
-    (``a.iter5.png`` beside ``a.png``), repeated until no more clash. Then only inputs whose
-    names differ only in case can still clash: that is refused."""
+def _output_names(rels: list[str], variations: int, fmt: str) -> list[list[str]]:
+    """Each input's output names (one per variation, ``2024/a.png``) under the output folder:
+    the name without the input's extension, or with it for inputs whose outputs would otherwise
+    share a name (compared ignoring case) or whose output is named like another output's step
+    image (``a.iter5.png`` beside ``a.png``), repeated until no more clash. Then only inputs
+    whose names differ only in case can still clash: that is refused."""
     keep: set[int] = set()
     while True:
         names = [[_name(rel, i in keep, v, variations, fmt) for v in range(variations)] for i, rel in enumerate(rels)]
-        owners: dict[str, dict[int, PurePosixPath]] = defaultdict(dict)
+        owners: dict[str, dict[int, str]] = defaultdict(dict)
         for i, outputs in enumerate(names):
             for name in outputs:
-                owners[str(name).casefold()].setdefault(i, name)
-                step = STEP_NAME.fullmatch(name.name)
+                owners[name.casefold()].setdefault(i, name)
+                step = STEP_NAME.fullmatch(name)
                 if step:  # named like a step image of the output STEM.SUFFIX (output.save_every)
-                    owners[str(name.with_name(step[1] + step[2])).casefold()].setdefault(i, name)
+                    owners[(step[1] + step[2]).casefold()].setdefault(i, name)
         clashing = {i for owner in owners.values() if len(owner) > 1 for i in owner}
         if clashing <= keep:
             break
@@ -154,8 +161,8 @@ def _output_names(rels: list[PurePosixPath], variations: int, fmt: str) -> list[
     clashes = sorted(sorted(owner.items()) for owner in owners.values() if len(owner) > 1)
     if clashes:
         more = f" (and {len(clashes) - 1} more such clash(es))" if len(clashes) > 1 else ""
-        raise UsageError(f"inputs {' and '.join(str(rels[i]) for i, _ in clashes[0])} would make outputs whose "
-                         f"names differ only in case ({', '.join(str(name) for _, name in clashes[0])}), one file "
+        raise UsageError(f"inputs {' and '.join(rels[i] for i, _ in clashes[0])} would make outputs whose "
+                         f"names differ only in case ({', '.join(name for _, name in clashes[0])}), one file "
                          f"on macOS and Windows{more}: rename one of them")
     return names
 
@@ -182,37 +189,41 @@ def _check_outputs(jobs: list[Job], output_dir: Path) -> None:
     twice (through two folders that a link makes one), or overwrite an input. Paths are
     compared with links followed and ignoring case."""
     root = _resolve(output_dir)
-    folders: dict[Path, Path] = {}
+    real: dict[Path, str] = {}  # a folder -> its path with links followed
+
+    def real_folder(folder: Path) -> str:
+        if folder not in real:
+            real[folder] = str(_resolve(folder))
+        return real[folder]
+
     written: dict[str, tuple[Job, Path]] = {}
     for job in jobs:
         folder = job.output.parent
-        if folder not in folders:
-            folders[folder] = _resolve(folder)
-            if not folders[folder].is_relative_to(root):
-                raise UsageError(f"{_outside(output_dir, folder)}, outside --output {output_dir}; rvgen writes "
-                                 "only inside --output: remove the link or choose another --output")
+        if folder not in real and not _resolve(folder).is_relative_to(root):
+            raise UsageError(f"{_outside(output_dir, folder)}, outside --output {output_dir}; rvgen writes "
+                             "only inside --output: remove the link or choose another --output")
         for path in (job.output, job.sidecar):
-            key = str(folders[folder] / path.name).casefold()
+            key = os.path.join(real_folder(folder), os.path.basename(path)).casefold()
             if key in written:
                 raise UsageError(f"inputs {written[key][0].rel} and {job.rel} would both write {path} "
                                  "(a link makes their folders one): remove the link or rename one of them")
             written[key] = (job, path)
-    for job in jobs:
-        if not is_sample(job.source):
-            clash = written.get(str(_resolve(Path(job.source))).casefold())
-            if clash is not None:
-                raise UsageError(f"the result of {clash[0].rel} ({clash[1]}) would overwrite the input "
-                                 f"{job.source}; rvgen never overwrites an input: choose an --output apart "
-                                 "from the inputs")
+    for source in dict.fromkeys(job.source for job in jobs if not is_sample(job.source)):
+        path = Path(source)
+        target = str(_resolve(path)) if path.is_symlink() else os.path.join(real_folder(path.parent), path.name)
+        clash = written.get(target.casefold())
+        if clash is not None:
+            raise UsageError(f"the result of {clash[0].rel} ({clash[1]}) would overwrite the input {source}; "
+                             "rvgen never overwrites an input: choose an --output apart from the inputs")
 
 
 def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png") -> Plan:
     """The jobs for ``input_spec`` into ``output_dir``; raises :class:`~rvgen.errors.UsageError`
     for a plan that would lose data (see the module's docstring)."""
     inputs, ignored = find_inputs(input_spec, exclude=output_dir)
-    names = _output_names([rel for _, rel in inputs], variations, fmt)
+    names = _output_names([str(rel) for _, rel in inputs], variations, fmt)
     jobs = [
-        Job(source=source, rel=str(rel), output=output_dir / Path(*name.parts), variation=v)
+        Job(source=source, rel=str(rel), output=output_dir / name, variation=v)
         for (source, rel), outputs in zip(inputs, names)
         for v, name in enumerate(outputs)
     ]
