@@ -237,6 +237,33 @@ def test_links_and_files_that_give_no_job_are_listed_with_the_reason(tmp_path):
             "not followed), notes.txt (not an image format), pipe.png (not a regular file) ...") in text.splitlines()
 
 
+def test_a_folder_that_cannot_be_read_is_listed(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    write_sample(folder / "a.png", "coffee", 24)
+    write_sample(folder / "locked" / "b.png", "chelsea", 24)
+    scandir = os.scandir
+
+    def refuse(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    images, ignored = find_inputs(str(folder))
+    assert [str(rel) for _, rel in images] == ["a.png"]
+    assert ignored == ["locked (a folder that cannot be read: Permission denied)"]
+
+
+def test_a_looping_folder_link_in_output_is_refused(tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    write_sample(folder / "loop" / "a.png", "coffee", 24)
+    out.mkdir()
+    (out / "loop").symlink_to(out / "loop")
+    with pytest.raises(UsageError) as err:
+        plan_jobs(str(folder), out)
+    assert str(err.value) == f"{out / 'loop'}: a link that loops; remove it"
+
+
 def test_no_images_found_says_what_was_ignored(tmp_path):
     folder = tmp_path / "in"
     write_sample(tmp_path / "albums" / "a.png", "coffee", 24)

@@ -168,10 +168,15 @@ def _output_names(rels: list[str], variations: int, fmt: str) -> list[list[str]]
 
 
 def _resolve(path: Path) -> Path:
+    """``path`` with every link followed (parts that do not exist yet kept as they are); a
+    link that loops is an error (Python 3.13 leaves it in the result, earlier ones raise)."""
     try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a link that loops
-        raise UsageError(f"{path}: a link that loops; remove it") from None
+        real = path.resolve()
+    except (OSError, RuntimeError):
+        real = None
+    if real is None or any(part.is_symlink() for part in (real, *real.parents)):
+        raise UsageError(f"{path}: a link that loops; remove it")
+    return real
 
 
 def _outside(output_dir: Path, folder: Path) -> str:
