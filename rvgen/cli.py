@@ -103,6 +103,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     finishes an interrupted batch."""
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
+    from rvgen.imageio import FORMAT_NAMES
     from rvgen.batch.lock import OutputLock
     from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
@@ -130,7 +131,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
             console.print(f"no --input given: using scikit-image's sample photos ({input_spec})", highlight=False)
     plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"])
     if not plan.jobs:
-        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
+        raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES})")
     jobs = plan.jobs
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)
@@ -324,6 +325,7 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     from rvgen import compare as cmp
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, find_inputs
+    from rvgen.imageio import FORMAT_NAMES
     from rvgen.batch.runner import worker_specs
     from rvgen.plugins import get_registry
     from rvgen.recipe import read_recipe_data
@@ -340,7 +342,7 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
                                         get_registry(), recipe.resolve().parent, cwd_keys, str(recipe))
     found, _ = find_inputs(input_spec or DEFAULT_SAMPLES, exclude=output)
     if not found:
-        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
+        raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES})")
     inputs = cmp.input_names(found)
     device_list = resolve_devices(gpus, devices)
     specs = worker_specs(device_list, workers)
