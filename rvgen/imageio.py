@@ -1,9 +1,10 @@
 """Reading and writing images and sidecars.
 
-Every image enters rvgen here, read as an image viewer shows it: files (EXIF orientation
-applied, the first frame of an animation, any mode converted to RGB, transparency composited
-onto white, 16-bit and float images at full precision) and ``skimage:NAME`` sample images
-that scikit-image ships, so demos run offline. An input's alpha channel is read separately
+Every image enters rvgen here, read as a colour-managed image viewer shows it: files (EXIF
+orientation applied, the first frame of an animation, an embedded ICC profile converted to
+sRGB, any mode converted to RGB, transparency composited onto white, 16-bit and float images
+at full precision) and ``skimage:NAME`` sample images that scikit-image ships, so demos run
+offline. An input's alpha channel is read separately
 (:func:`load_alpha`) and put back when its result is written. Every file
 rvgen writes leaves here too, through a temporary name and an atomic rename, so a killed run
 never leaves a half-written output.
@@ -11,6 +12,7 @@ never leaves a half-written output.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -22,7 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
 from rvgen.errors import ImageError, RecipeError
 
@@ -166,14 +168,38 @@ def _rgba(img: Image.Image) -> Image.Image:
     return (img.convert("LA") if img.mode == "La" else img).convert("RGBA")
 
 
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _colour_managed(img: Image.Image) -> Image.Image:
+    """An RGB, RGBA or CMYK image with an embedded ICC profile (Display P3 and Adobe RGB
+    photos, print CMYK) in sRGB through that profile, as a colour-managed viewer shows it;
+    ``img`` itself without a profile, or with one that does not fit (viewers ignore those).
+    Without a profile, CMYK is converted as viewers do: (1 - C)(1 - K) and so on."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        colours = img.convert("RGB") if img.mode == "RGBA" else img
+        rgb = ImageCms.profileToProfile(colours, profile, _SRGB, renderingIntent=profile.profile.rendering_intent,
+                                        outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
+    if img.mode == "RGBA":
+        rgb.putalpha(img.getchannel("A"))
+    return rgb
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB as a viewer shows it: transparency composited onto white, 16-bit and float
-    greys scaled as :func:`_deep_levels` says, CMYK and palettes converted by Pillow."""
+    """8-bit RGB as a viewer shows it: an embedded ICC profile applied, transparency
+    composited onto white, 16-bit and float greys scaled as :func:`_deep_levels` says,
+    CMYK and palettes converted by Pillow."""
     if img.mode in DEEP_MODES:
         return Image.fromarray(np.round(_deep_levels(img) * 255).astype(np.uint8)).convert("RGB")
-    if has_alpha(img):
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, _rgba(img))
+    img = _colour_managed(_rgba(img) if has_alpha(img) else img)  # a transparent colour is in the file's colours
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
     return img.convert("RGB")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import psnr, sample, write_recipe
-from PIL import Image
+from PIL import Image, ImageCms
 
 from rvgen import imageio
 from rvgen.batch.jobs import plan_jobs
@@ -360,3 +360,39 @@ def test_each_format_is_reconstructed_as_the_viewer_shows_it(tmp_path):
         out = imageio.load_image(tmp_path / "out" / f"{stem}.png")
         assert out.shape == target.shape
         assert psnr(out, target) >= 30, stem
+
+
+def linear_light_profile() -> bytes:
+    """An ICC profile with sRGB's primaries but linear tone curves (gamma 1.0): Pillow's
+    built-in sRGB profile with its three TRC tags pointed at a new ``curv`` tag."""
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    offset = len(data)
+    data += b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100) + bytes(2)  # one entry: gamma 1.0 (u8.8)
+    for i in range(struct.unpack(">I", data[128:132])[0]):
+        entry = 132 + 12 * i
+        if data[entry:entry + 4] in (b"rTRC", b"gTRC", b"bTRC"):
+            data[entry + 4:entry + 12] = struct.pack(">II", offset, 14)
+    data[:4] = struct.pack(">I", len(data))
+    data[84:100] = bytes(16)  # no profile ID
+    return bytes(data)
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_an_embedded_icc_profile_is_applied_as_a_colour_managed_viewer_does(tmp_path, mode):
+    rgb = photo(24)
+    a = np.random.default_rng(5).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    img = Image.fromarray(np.dstack([rgb, a]) if mode == "RGBA" else rgb)
+    img.save(tmp_path / "p.png", icc_profile=linear_light_profile())
+    alpha = a / 255 if mode == "RGBA" else np.ones(a.shape)
+    expected = on_white(srgb_encode(rgb / 255), alpha)
+    assert max_error(loaded(tmp_path / "p.png"), expected) <= 1.5 / 255
+    if mode == "RGBA":
+        assert max_error(np.asarray(imageio.load_alpha(tmp_path / "p.png")) / 255, alpha) == 0
+    img.save(tmp_path / "srgb.png", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    assert max_error(loaded(tmp_path / "srgb.png"), on_white(rgb / 255, alpha)) <= TOLERANCE
+    img.save(tmp_path / "junk.png", icc_profile=b"not a profile")  # viewers ignore a broken profile
+    assert max_error(loaded(tmp_path / "junk.png"), on_white(rgb / 255, alpha)) <= TOLERANCE
