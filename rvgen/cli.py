@@ -103,6 +103,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     finishes an interrupted batch."""
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
+    from rvgen.imageio import FORMAT_NAMES
     from rvgen.batch.lock import OutputLock
     from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
@@ -132,7 +133,7 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     if not plan.jobs:
         shown = ", ".join(plan.ignored[:3]) + (" ..." if len(plan.ignored) > 3 else "")
         ignored = f"; ignored: {shown}" if shown else ""
-        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff){ignored}")
+        raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES}){ignored}")
     jobs = plan.jobs
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)
@@ -326,6 +327,7 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     from rvgen import compare as cmp
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, find_inputs
+    from rvgen.imageio import FORMAT_NAMES
     from rvgen.batch.runner import worker_specs
     from rvgen.plugins import get_registry
     from rvgen.recipe import read_recipe_data
@@ -342,7 +344,7 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
                                         get_registry(), recipe.resolve().parent, cwd_keys, str(recipe))
     found, _ = find_inputs(input_spec or DEFAULT_SAMPLES, exclude=output)
     if not found:
-        raise UsageError(f"--input {input_spec}: no images found (looked for jpg, png, webp, bmp, tiff)")
+        raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES})")
     inputs = cmp.input_names(found)
     device_list = resolve_devices(gpus, devices)
     specs = worker_specs(device_list, workers)
