@@ -259,7 +259,7 @@ class JsonLogReporter:
             while written < len(data):
                 written += os.write(self.fd, data[written:])
         except OSError as exc:
-            if written and size is not None:
+            if size is not None:
                 self._truncate(size)
             self.error = (f"log file {self.path} could not be written ({exc.strerror or exc}); "
                           f"it ends after {self.lines} whole line(s); the run goes on without it")
