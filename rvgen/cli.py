@@ -9,7 +9,9 @@ folder, 130 or 143 when stopped by SIGINT or SIGTERM.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import rvgen
-from rvgen.errors import RvgenError, UsageError
+from rvgen.errors import RvgenError, UsageError, one_line
 from rvgen.shipped import resolve as resolve_recipe
 
 
@@ -33,7 +35,7 @@ class RvgenGroup(click.Group):
         except RvgenError as exc:
             if verbose:
                 traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -43,8 +45,8 @@ class RvgenGroup(click.Group):
         except Exception as exc:
             if verbose:
                 traceback.print_exc()
-            click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
-                       err=True)
+            click.echo(f"Error: internal error: {one_line(f'{type(exc).__name__}: {exc}', 300)} "
+                       "(rerun with -v for the traceback)", err=True)
             ctx.exit(1)
 
 
@@ -124,6 +126,9 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
     parsed = load_recipe(recipe, overrides)
     specs = [WorkerSpec("dask", scheduler)] if scheduler else worker_specs(resolve_devices(gpus, devices), workers)
     output = output or Path("rvgen-out") / recipe.stem
+    check_folder(output, "--output")
+    if log_file is not None:
+        check_folder(log_file.parent, "--log-file", log_file)
     console = Console()
     if input_spec is None:
         input_spec = DEFAULT_SAMPLES
@@ -142,20 +147,57 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
         _print_plan(console, plan, jobs, todo, finished, specs, output, shard)
         return
-    with OutputLock(output).acquire(wait=wait):
-        remove_leftovers(output)
-        todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
-        if quiet:
-            reporter = QuietReporter(console, verbose)
-        elif console.is_terminal:
-            reporter = RichReporter(console, verbose)
-        else:
-            reporter = PlainReporter(console, verbose)
-        if log_file is not None:
-            reporter = Tee(reporter, JsonLogReporter(log_file, sys.argv))
-        run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
-        summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
+    make_folder(output, "--output")
+    if quiet:
+        reporter = QuietReporter(console, verbose)
+    elif console.is_terminal:
+        reporter = RichReporter(console, verbose)
+    else:
+        reporter = PlainReporter(console, verbose)
+    log = None
+    if log_file is not None:  # first, so that a log it cannot write is in the summary the others show
+        screen = reporter
+        log = JsonLogReporter(log_file, sys.argv, warn=lambda text: screen.say(text, "yellow"))
+        reporter = Tee(log, screen)
+    try:
+        with OutputLock(output).acquire(wait=wait):
+            remove_leftovers(output)
+            todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
+            run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
+            summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
+    finally:
+        if log is not None:
+            log.close()
     ctx.exit(summary.exit_code)
+
+
+def check_folder(path: Path, option: str, given: Path | None = None) -> None:
+    """A usage error unless rvgen could make and write in folder ``path``: the nearest part of it
+    that exists must be a folder this user may write in. Creates nothing (``--dry-run`` too).
+    The error names ``option`` and its value, ``given`` (default: ``path``)."""
+    given = given or path
+    try:
+        existing = path.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL character
+        raise UsageError(f"{option} {given}: not a usable path ({getattr(exc, 'strerror', None) or exc})") from None
+    if not is_dir:
+        raise UsageError(f"{option} {given}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {given}: {existing} is not writable (permission denied)")
+
+
+def make_folder(path: Path, option: str) -> None:
+    """Create folder ``path`` and check a file can be made in it; a usage error if not (a
+    read-only file system, a folder only root may write in), before any work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in it ({exc.strerror or exc})") from None
 
 
 def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Path, shard: str | None) -> None:
@@ -181,7 +223,7 @@ def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Pat
 
 def _recipe_reference(registry) -> str:
     """The recipe key reference in Markdown, from the declared parameters (docs/recipes.md)."""
-    from rvgen.params import REQUIRED
+    from rvgen.params import REQUIRED, number
     from rvgen.recipe import OPTIMIZER_PARAMS, OUTPUT_PARAMS, TERM_PARAMS
 
     def cell(text: str) -> str:
@@ -192,8 +234,9 @@ def _recipe_reference(registry) -> str:
         for p in params:
             default = ("**required**" if p.default is REQUIRED else "not set" if p.default is None
                        else f"`{json.dumps(p.default)}`")
-            allowed = (", ".join(f"`{json.dumps(c)}`" for c in p.choices) if p.choices
-                       else f"≥ {p.minimum:g}" if p.minimum is not None else "")
+            bounds = [f"≥ {number(p.minimum)}"] if p.minimum is not None else []
+            bounds += [f"≤ {number(p.maximum)}"] if p.maximum is not None else []
+            allowed = (", ".join(f"`{json.dumps(c)}`" for c in p.choices) if p.choices else ", ".join(bounds))
             rows.append(f"| `{p.name}` | {cell(p.type_name)} | {default} | {cell(allowed)} | {cell(p.help)} |")
         return rows + [""]
 

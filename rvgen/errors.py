@@ -1,5 +1,14 @@
 """Errors a user can act on. Each carries a one-line message; the CLI prints it without a traceback."""
 
+MESSAGE_CHARS = 2000  # the longest error line the command line prints
+
+
+def one_line(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` as one printable line: line breaks and other control characters escaped (a
+    recipe key or value can hold them), cut to ``limit`` characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
 
 class RvgenError(Exception):
     """Base class: something the user can fix, described in one line."""

@@ -8,6 +8,7 @@ recipe table against them (unknown keys, types, choices, ranges, files and layer
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,14 @@ REQUIRED: Any = _Required()
 # against the backbone's layer names, ``weighting`` against the layers of its term;
 # ``images`` is one image (a path, kept a string), a folder (its images) or a list of paths.
 VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss")
+
+MAX_SIZE = 8192
+"""The largest side in pixels a recipe may ask for (an output, a texture, a style image);
+images that do not fit in memory whole are evaluated in tiles."""
+MIN_SIZE = 8
+"""The smallest side in pixels of a ``size`` value."""
+SHOWN = 80
+"""Characters of a value an error message shows; longer ones are cut with '...'."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ def suggest(name: str, allowed: Iterable[str]) -> str:
     so 'relu3_l' suggests 'relu3_1' rather than 'relu3_4'.
     """
     name = str(name).lower()
+    if len(name) > SHOWN:  # nothing declared is this long, and comparing would be slow
+        return ""
     best, best_key = None, None
     for candidate in allowed:
         other = str(candidate).lower()
@@ -120,7 +131,7 @@ def suggest(name: str, allowed: Iterable[str]) -> str:
 def unknown(what: str, key: str, name: str, allowed: Iterable[str]) -> RecipeError:
     allowed = sorted(allowed)
     return RecipeError(
-        f"{key}: unknown {what} {name!r}{suggest(name, allowed)}; allowed: {', '.join(allowed)}"
+        f"{key}: unknown {what} {clip(repr(name))}{suggest(name, allowed)}; allowed: {', '.join(allowed)}"
     )
 
 
@@ -132,9 +143,48 @@ def _type_ok(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def _describe(value: Any) -> str:
+def clip(text: str, limit: int = SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, ending in '...' when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """A string from a recipe as an error line shows it: as it is when printable, else quoted with
+    its control characters escaped (so the line stays one line); cut to ``limit`` characters."""
+    return clip(text if text.isprintable() else repr(text), limit)
+
+
+def describe(value: Any) -> str:
     names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
-    return f"{names.get(type(value), type(value).__name__)} {value!r}"
+    return f"{names.get(type(value), type(value).__name__)} {clip(repr(value))}"
+
+
+def number(value: float) -> str:
+    """A bound as an error message or the docs show it: 8192, 0.01, 1e-06."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def finite(value: float, key: str) -> float:
+    """``value`` if it is a finite number; a recipe error naming ``key`` for NaN and infinity."""
+    if not math.isfinite(value):
+        raise RecipeError(f"{key}: must be a finite number, got {value}")
+    return value
+
+
+def file_path(value: str, key: str, base: Path) -> Path:
+    """``value`` (``~`` expanded) made absolute against ``base``; a recipe error naming ``key``
+    for a path no file can have: a NUL character, an unknown user's ``~``, a name too long."""
+    if "\x00" in value:
+        raise RecipeError(f"{key}: a path cannot contain a NUL character: {shown(value)}")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~nouser
+        raise RecipeError(f"{key}: {shown(value.split('/')[0])}: no such user's home folder") from None
+    try:
+        return (base / path).resolve()
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{key}: not a usable path ({getattr(exc, 'strerror', None) or exc}): "
+                          f"{shown(value)}") from None
 
 
 def resolve_path(value: str, key: str, ctx: Context) -> str:
@@ -145,9 +195,13 @@ def resolve_path(value: str, key: str, ctx: Context) -> str:
         imageio.check_sample(value, key)
         return value
     base = Path.cwd() if key in ctx.cwd_keys else ctx.base_dir
-    path = (base / Path(value).expanduser()).resolve()
-    if not path.is_file():
-        raise RecipeError(f"{key}: file not found: {path}")
+    path = file_path(value, key, base)
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
+        raise RecipeError(f"{key}: file not found: {shown(str(path), 2 * SHOWN)}")
     return str(path)
 
 
@@ -160,13 +214,17 @@ def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
         ctx = replace(ctx, base_dir=Path.cwd(), cwd_keys=frozenset())
     if isinstance(value, list):
         if not value or not all(isinstance(v, str) for v in value):
-            raise RecipeError(f"{key}: expected a non-empty list of image paths, got {_describe(value)}")
+            raise RecipeError(f"{key}: expected a non-empty list of image paths, got {describe(value)}")
         return [resolve_path(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
     if not isinstance(value, str):
-        raise RecipeError(f"{key}: expected a path, a folder or a list of paths, got {_describe(value)}")
+        raise RecipeError(f"{key}: expected a path, a folder or a list of paths, got {describe(value)}")
     if not imageio.is_sample(value):
-        folder = (ctx.base_dir / Path(value).expanduser()).resolve()
-        if folder.is_dir():
+        folder = file_path(value, key, ctx.base_dir)
+        try:
+            is_folder = folder.is_dir()
+        except OSError:
+            is_folder = False
+        if is_folder:
             images = sorted(str(p) for p in folder.iterdir()
                             if p.is_file() and imageio.is_image_file(p) and not p.name.startswith("."))
             if not images:
@@ -177,7 +235,7 @@ def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
 
 def _check_layer(value: Any, key: str, ctx: Context) -> str:
     if not isinstance(value, str):
-        raise RecipeError(f"{key}: expected a layer name, got {_describe(value)}")
+        raise RecipeError(f"{key}: expected a layer name, got {describe(value)}")
     if ctx.layers is not None and value not in ctx.layers and value != "pixels":
         close = suggest(value, ctx.layers)
         raise RecipeError(
@@ -219,23 +277,21 @@ def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
             out = {}
             for layer, w in value.items():
                 _check_layer(layer, f"{key}.{layer}", ctx)
-                if not _type_ok(w, float) or w < 0:
-                    raise RecipeError(f"{key}.{layer}: expected a weight >= 0, got {_describe(w)}")
+                if not _type_ok(w, float) or not math.isfinite(w) or w < 0:
+                    raise RecipeError(f"{key}.{layer}: expected a finite weight >= 0, got {describe(w)}")
                 out[layer] = float(w)
             return out
-        raise RecipeError(f"{key}: expected \"auto\", \"equal\" or a table of layer weights, got {_describe(value)}")
+        raise RecipeError(f"{key}: expected \"auto\", \"equal\" or a table of layer weights, got {describe(value)}")
     if p.kind == "size":
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 8:
-                raise RecipeError(f"{key}: must be at least 8, got {value}")
-            return value
-        if (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(_type_ok(v, int) and v >= 8 for v in value)
-        ):
-            return list(value)
-        raise RecipeError(f"{key}: expected a size in pixels or [width, height], got {_describe(value)}")
+        low = MIN_SIZE if p.minimum is None else p.minimum
+        high = MAX_SIZE if p.maximum is None else p.maximum
+        sides = [value] if _type_ok(value, int) else value if isinstance(value, list) and len(value) == 2 else None
+        if sides is None or not all(_type_ok(v, int) for v in sides):
+            raise RecipeError(f"{key}: expected a size in pixels or [width, height], got {describe(value)}")
+        for side in sides:
+            if not low <= side <= high:
+                raise RecipeError(f"{key}: each side must be from {number(low)} to {number(high)} pixels, got {side}")
+        return value if isinstance(value, int) else list(value)
     return value
 
 
@@ -244,15 +300,16 @@ def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
     if value is None and p.nullable:
         return None
     if p.kind not in ("weighting", "size", "images") and not _type_ok(value, p.type):
-        raise RecipeError(f"{key}: expected {p.type_name}, got {_describe(value)}")
+        raise RecipeError(f"{key}: expected {p.type_name}, got {describe(value)}")
     if p.type is float and p.kind is None:
-        value = float(value)
+        value = finite(float(value), key)
     if p.choices is not None and value not in p.choices and p.kind != "path":  # a path's choices are keywords
         raise unknown("value", key, value, [str(c) for c in p.choices])
-    if p.minimum is not None and value < p.minimum:
-        raise RecipeError(f"{key}: must be at least {p.minimum}, got {value}")
-    if p.maximum is not None and value > p.maximum:
-        raise RecipeError(f"{key}: must be at most {p.maximum}, got {value}")
+    if p.kind != "size" and _type_ok(value, float):  # a size's bounds hold for each side
+        if p.minimum is not None and value < p.minimum:
+            raise RecipeError(f"{key}: must be at least {number(p.minimum)}, got {value}")
+        if p.maximum is not None and value > p.maximum:
+            raise RecipeError(f"{key}: must be at most {number(p.maximum)}, got {value}")
     return _check_kind(p, value, key, ctx)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ from PIL import Image
 
 from rvgen import imageio
 from rvgen.engine import Progress, Result, iter_with_fallback
+from rvgen.engine.pyramid import scaled
 from rvgen.errors import ImageError, RecipeError, RvgenError
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe, load_recipe
 
 ImageLike = Image.Image | torch.Tensor | str | Path
+PROBE_LIMIT = 1024  # px: a backbone that fails on blank images this large is not size-checked
 
 
 @dataclass
@@ -81,6 +84,12 @@ class Pipeline:
         if references is None:
             references = load_references(recipe.references(registry))
         self.synth.set_references(references)
+        self.reference_shapes = {name: tuple(image.shape[-2:]) for name, image in references.items()
+                                 if name in self.synth.reference_names}
+        for name, shape in self.reference_shapes.items():
+            if min(shape) < self.min_side:
+                raise RecipeError(f"task.{name}: image too small: {shape[1]}x{shape[0]} px, and the layers used "
+                                  f"need at least {self.min_side} px on each side; use a larger image or size")
 
     @classmethod
     def from_recipe(cls, recipe: str | Path, overrides: Sequence[str] = (), device: str = "cpu",
@@ -95,16 +104,65 @@ class Pipeline:
 
     def load(self, image: ImageLike) -> torch.Tensor:
         """An input as (1, 3, H, W) in [0, 1] at the output size: a PIL image, a path (or
-        ``skimage:NAME``), or a tensor (3, H, W) or (1, 3, H, W) in [0, 1]."""
+        ``skimage:NAME``), or a tensor (3, H, W) or (1, 3, H, W) in [0, 1]. An image too small
+        for the layers used (see :meth:`check_size`) is an :class:`~rvgen.errors.ImageError`."""
         if isinstance(image, Image.Image):
-            return imageio.from_pil(image, self.size)
+            return self.check_size(imageio.from_pil(image, self.size))
         if isinstance(image, torch.Tensor):
             t = image.detach().float().cpu()
             t = t.unsqueeze(0) if t.dim() == 3 else t
             if t.dim() != 4 or t.shape[:2] != (1, 3):
                 raise ImageError(f"expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
-            return imageio.from_pil(imageio.to_pil(t), self.size) if max(t.shape[-2:]) != self.size else t
-        return imageio.load_image(image, self.size)
+            return self.check_size(imageio.from_pil(imageio.to_pil(t), self.size) if max(t.shape[-2:]) != self.size
+                                   else t)
+        return self.check_size(imageio.load_image(image, self.size))
+
+    @cached_property
+    def min_side(self) -> int:
+        """The shortest side in pixels an image needs so that every layer the objective uses
+        keeps at least one position (16 px for VGG's relu5_1, four poolings deep). Found once
+        by running the backbone on blank images; 1 when even large ones fail (no check)."""
+        objective = self.synth.objective
+
+        def fits(side: int) -> bool:
+            blank = torch.zeros(1, 3, side, side, device=self.device)
+            try:
+                with torch.no_grad():
+                    features = objective.features(blank, objective.layers)
+            except RuntimeError:
+                return False
+            return all(f.numel() > 0 for f in features.values() if isinstance(f, torch.Tensor))
+
+        high = 1
+        while not fits(high):
+            high *= 2
+            if high > PROBE_LIMIT:
+                return 1
+        low = high // 2  # fits(low) is False (or low is 0)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        return high
+
+    def check_size(self, content: torch.Tensor) -> torch.Tensor:
+        """``content`` (at the output size) if the network can see it: the input, the result's
+        canvas and the references, at every level of the pyramid, must keep :attr:`min_side`
+        pixels on each side; an :class:`~rvgen.errors.ImageError` naming the minimum if not."""
+        canvas = tuple(self.synth.task.canvas(content))
+        factor = self.synth.pyramid.levels(canvas)[0]  # the smallest level
+        shapes = {"the image": tuple(content.shape[-2:]), "the result": canvas, **self.reference_shapes}
+        for name, shape in shapes.items():
+            small = scaled(shape, factor)
+            if min(small) < self.min_side:
+                level = f" at the pyramid's smallest level ({small[1]}x{small[0]} px)" if factor < 1 else ""
+                what = {"the image": f"the image is {shape[1]}x{shape[0]} px at output.size {self.size}",
+                        "the result": f"the result is {shape[1]}x{shape[0]} px"}.get(
+                    name, f"the {name} image is {shape[1]}x{shape[0]} px")
+                raise ImageError(
+                    f"too small: {what}{level}; the layers "
+                    f"used need at least {self.min_side} px on each side (a larger output.size or shallower "
+                    "layers would fit)")
+        return content
 
     @staticmethod
     def alpha(image: ImageLike) -> Image.Image | None:

@@ -31,38 +31,40 @@ from rvgen.backbones import Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.precision import PRECISIONS
 from rvgen.errors import RecipeError
-from rvgen.params import REQUIRED, Context, Param, suggest, unknown, validate
+from rvgen.params import MAX_SIZE, REQUIRED, Context, Param, describe, suggest, unknown, validate
 from rvgen.plugins import Registry, get_registry
 
-MAX_SIZE = 8192  # the largest output side a recipe may ask for (tiling makes it fit)
+MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
+MAX_DEPTH = 32  # how deeply a recipe's tables and arrays may nest
 SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
 
 OPTIMIZER_PARAMS = (
     Param("name", str, "lbfgs", "optimiser of the pixels", choices=("lbfgs", "adam")),
-    Param("iterations", int, 300, "optimisation steps per image", minimum=1),
+    Param("iterations", int, 300, "optimisation steps per image", minimum=1,
+          maximum=MAX_ITERATIONS),
     Param("lr", float, None, "step size (default: 1.0 for lbfgs, 0.02 for adam)", minimum=0.0, nullable=True),
-    Param("history", int, 50, "L-BFGS history size", minimum=1),
+    Param("history", int, 50, "L-BFGS history size", minimum=1, maximum=1000),
     Param("line_search", bool, True, "L-BFGS strong-Wolfe line search: without it, starts from noise can stall"),
     Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 (TF32 on CUDA) "
           "or bf16; Grams and losses are always fp32", choices=PRECISIONS),
     Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
-          "one at a time on a CPU)", minimum=1, nullable=True),
+          "one at a time on a CPU)", minimum=1, maximum=1024, nullable=True),
     Param("scales", int, 1, "levels of the multi-scale pyramid, each half the size of the next; 1 = single scale",
-          minimum=1),
-    Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8),
+          minimum=1, maximum=16),
+    Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8, maximum=MAX_SIZE),
     Param("scale_iterations", int, None, "iterations at each level below the output size "
-          "(default: the same as iterations)", minimum=1, nullable=True),
+          "(default: the same as iterations)", minimum=1, maximum=MAX_ITERATIONS, nullable=True),
     Param("tile_size", int, None, "evaluate images whose long side exceeds this many pixels in tiles of it, "
           "exactly (default: only when a whole image does not fit in memory); a multiple of 16 for VGG",
-          minimum=16, nullable=True, digest_neutral=True),
+          minimum=16, maximum=MAX_SIZE, nullable=True, digest_neutral=True),
 )
 OUTPUT_PARAMS = (
     Param("size", int, 512, "long side of the result in pixels; inputs are resized to it (at most 8192; "
           "large images are evaluated in tiles)", minimum=8, maximum=MAX_SIZE),
     Param("format", str, "png", "file format of the results", choices=("png", "jpg", "webp")),
-    Param("quality", int, 95, "JPEG/WebP quality", minimum=1),
+    Param("quality", int, 95, "JPEG/WebP quality", minimum=1, maximum=100),
     Param("save_every", int, 0, "also write the image every N iterations as STEM.iterNNN.FORMAT beside the result "
-          "(0: never; not with --backend dask)", minimum=0, digest_neutral=True),
+          "(0: never; not with --backend dask)", minimum=0, maximum=MAX_ITERATIONS, digest_neutral=True),
     Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them",
           digest_neutral=True),
 )
@@ -162,10 +164,35 @@ class Recipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def parse_value(text: str) -> Any:
+def depth(value: Any) -> int:
+    """How deeply tables and arrays nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level + 1)
+            if deepest > MAX_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _loads(text: str, where: str) -> dict[str, Any]:
+    """TOML text parsed, at most MAX_DEPTH levels deep; raises TOMLDecodeError as tomllib does."""
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        data = None
+    if data is None or depth(data) > MAX_DEPTH:
+        raise RecipeError(f"{where}: tables and arrays nested more than {MAX_DEPTH} levels deep")
+    return data
+
+
+def parse_value(text: str, key: str = "value") -> Any:
     """A ``--set`` value: TOML if it parses (numbers, booleans, arrays, quoted strings), else a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return _loads(f"v = {text}", f"--set {key}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
@@ -185,7 +212,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dic
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
-        node[parts[-1]] = parse_value(text.strip())
+        node[parts[-1]] = parse_value(text.strip(), key)
         keys.add(key)
     return data, frozenset(keys)
 
@@ -206,10 +233,18 @@ def read_recipe_data(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[st
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc}") from None
     try:
-        data = tomllib.loads(text)
+        data = _loads(text, str(path))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
     return apply_overrides(data, overrides)
+
+
+def _name(table: Mapping[str, Any], section: str, default: str | None = None) -> str:
+    """The ``name`` of a table, which picks a plugin: a string."""
+    name = table.get("name", default)
+    if not isinstance(name, str):
+        raise RecipeError(f"{section}.name: expected a name (a string), got {describe(name)}")
+    return name
 
 
 def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -234,7 +269,7 @@ def parse_recipe(
     ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"))
 
     backbone_data = _table(data, "backbone")
-    backbone_name = backbone_data.get("name", "random-vgg19")
+    backbone_name = _name(backbone_data, "backbone", "random-vgg19")
     backbone = registry.get("backbone", backbone_name, "backbone.name").cls
     backbone_opts = validate("backbone", backbone_data, backbone.params, ctx, extra=lambda k: k == "name")
     backbone.check(backbone_opts)
@@ -251,7 +286,7 @@ def parse_recipe(
     task_data = _table(data, "task")
     if "name" not in task_data:
         raise RecipeError(f"task.name: required; installed tasks: {', '.join(registry.names('task'))}")
-    task_cls = registry.get("task", task_data["name"], "task.name").cls
+    task_cls = registry.get("task", _name(task_data, "task"), "task.name").cls
     task_opts = validate("task", task_data, task_cls.params, ctx, extra=lambda k: k == "name")
     task = task_cls(task_opts, backbone.default_layers)
 
@@ -277,7 +312,7 @@ def parse_recipe(
     ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS)
     for loss_name, opts in losses.items():
         neutral |= neutral_defaults(f"losses.{loss_name}", opts, registry.get("loss", loss_name, "loss").cls.params)
-    return Recipe(
+    recipe = Recipe(
         task={"name": task_cls.name, **task_opts},
         backbone={"name": backbone_name, **backbone_opts},
         optimizer=OptimizerConfig(**{k: optimizer[k] for k in OPTIMIZER_FIELDS}),
@@ -291,6 +326,11 @@ def parse_recipe(
         variations=task.variations(),
         neutral_defaults=frozenset(neutral),
     )
+    for name, (_, long_side) in recipe.references(registry).items():
+        if long_side > MAX_SIZE:
+            raise RecipeError(f"task.{name}: the image would be {long_side} px on its long side, more than "
+                              f"{MAX_SIZE}; ask for a smaller one")
+    return recipe
 
 
 def neutral_defaults(section: str, values: Mapping[str, Any], params: Sequence[Param]) -> set[str]:

@@ -70,7 +70,7 @@ class HistogramLoss(Loss):
         Param("projections", int, 0,
               "0: a histogram per channel; K > 0: along K fixed random directions (sliced Wasserstein), "
               "which also keeps channel combinations",
-              minimum=0),
+              minimum=0, maximum=4096),
     )
 
     def __init__(self, **options: Any):

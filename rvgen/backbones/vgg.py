@@ -19,7 +19,7 @@ from torch import nn
 from rvgen.backbones import PIXELS, Backbone, full_precision
 from rvgen.engine.tiling import TileGeometry
 from rvgen.hookspecs import hookimpl
-from rvgen.params import Param
+from rvgen.params import MAX_SIZE, Param
 
 # torchvision.models.vgg.cfgs["D"] and ["E"], copied so that listing layers (validating a
 # recipe, ``rvgen plugins``) does not import torchvision; a test checks they stay equal.
@@ -149,12 +149,13 @@ class RandomVGG(VGGFeatures):
         Param("normalize", str, "imagenet", "input normalisation before the first conv",
               choices=("imagenet", "none")),
         Param("stacked_candidates", int, 0, "stacked ranVGG: weight sets tried per conv layer, keeping the one that "
-              "reconstructs stacked_reference best (0 or 1: plain random weights)", minimum=0),
+              "reconstructs stacked_reference best (0 or 1: plain random weights)", minimum=0, maximum=64),
         Param("stacked_reference", str, "skimage:astronaut", "stacked ranVGG: the image the candidates reconstruct",
               kind="path"),
         Param("stacked_iterations", int, 50, "stacked ranVGG: L-BFGS iterations per candidate reconstruction",
-              minimum=1),
-        Param("stacked_size", int, 128, "stacked ranVGG: long side of the reference in pixels", minimum=16),
+              minimum=1, maximum=10_000),
+        Param("stacked_size", int, 128, "stacked ranVGG: long side of the reference in pixels", minimum=16,
+              maximum=MAX_SIZE),
         Param("stacked_criterion", str, "features", "stacked ranVGG: keep the candidate with the lowest final "
               "feature loss, or the lowest pixel error of its reconstruction", choices=("features", "pixels")),
     )

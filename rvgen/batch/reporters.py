@@ -13,11 +13,13 @@ plan, ``handle`` for each worker event, ``finish`` with the summary.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -33,6 +35,7 @@ from rvgen.batch.events import (
     WorkerReady,
 )
 from rvgen.batch.summary import RunInfo, Summary
+from rvgen.errors import UsageError
 
 
 NOT_LOGGED = {"job", "parts", "history", "image"}  # the job is logged by its fields; the rest is for Python callers
@@ -225,17 +228,51 @@ def _job(job) -> dict[str, Any]:
 
 
 class JsonLogReporter:
-    """``--log-file``: one JSON object per line, appended, flushed as it happens (no per-iteration lines)."""
+    """``--log-file``: one JSON object per line, appended as it happens (no per-iteration lines).
 
-    def __init__(self, path: Path, argv: list[str] | None = None):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file: TextIO = open(path, "a", encoding="utf-8")
+    Each line goes to the file whole or not at all. A log that cannot be written (a full disk)
+    never stops the run: ``warn`` is told once, the log ends with its last whole line, and
+    :meth:`finish` adds the problem to the summary before the other reporters show it (so
+    :class:`Tee` this reporter first). A log file that cannot be opened is a usage error.
+    """
+
+    def __init__(self, path: Path, argv: list[str] | None = None, warn: Callable[[str], None] | None = None):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"--log-file {path}: cannot open it ({exc.strerror or exc})") from None
         self.argv = argv
+        self.warn = warn or (lambda text: None)
+        self.lines = 0  # whole lines written
+        self.error: str | None = None  # why the log stopped, once it has
 
     def write(self, event: str, **fields: Any) -> None:
+        if self.error is not None or self.fd is None:
+            return
         record = {"time": datetime.now().astimezone().isoformat(timespec="seconds"), "event": event, **fields}
-        self.file.write(json.dumps(record, default=str) + "\n")
-        self.file.flush()
+        data = memoryview((json.dumps(record, default=str) + "\n").encode())
+        size, written = None, 0
+        try:
+            size = os.fstat(self.fd).st_size
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError as exc:
+            if size is not None:
+                self._truncate(size)
+            self.error = (f"log file {self.path} could not be written ({exc.strerror or exc}); "
+                          f"it ends after {self.lines} whole line(s); the run goes on without it")
+            self.warn(self.error)
+            return
+        self.lines += 1
+
+    def _truncate(self, size: int) -> None:
+        """Take back a line written in part (a device that cannot be truncated keeps it)."""
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError:
+            pass
 
     def start(self, run: RunInfo) -> None:
         self.write("run_start", jobs=len(run.jobs), already_done=run.skipped, ignored=len(run.ignored),
@@ -257,7 +294,19 @@ class JsonLogReporter:
                    signal=signal.Signals(summary.signal).name if summary.signal else None,
                    failures=[{**_job(job), "reason": reason} for job, reason in summary.failed],
                    problems=summary.problems)
-        self.file.close()
+        self.close()
+        if self.error is not None:
+            summary.problems.append(self.error)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError as exc:  # a network file system reports a failed write only here
+                if self.error is None:
+                    self.error = f"log file {self.path} could not be written ({exc.strerror or exc})"
+                    self.warn(self.error)
+            self.fd = None
 
 
 class Tee:

@@ -31,6 +31,7 @@ from rvgen.batch.sidecar import RunKey, write_image, write_result
 from rvgen.batch.signals import Stopped
 from rvgen.engine import Progress, Result
 from rvgen.errors import RvgenError
+from rvgen.params import clip
 from rvgen.pipeline import Pipeline
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
@@ -39,15 +40,31 @@ STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks) per wo
 MAX_TAKE = 64  # most jobs a GPU worker takes from the queue at once
 
 
+REASON_CHARS = 300  # the longest reason a failure line shows
+
+
 def failure(exc: BaseException, device: str | None = None, size: int | None = None) -> tuple[str, str | None]:
-    """What to report of ``exc``: ``(reason, details)``. An rvgen error is its message and has
-    no details; anything else is ``Type: message`` with its traceback as details. Given the
-    device and the output size, running out of memory says so and what to try."""
-    if device is not None and isinstance(exc, torch.OutOfMemoryError):
-        return f"out of memory on {device} at {size} px; try a smaller output.size", _traceback(exc)
+    """What to report of ``exc``: ``(reason, details)``, the reason one line. An rvgen error is
+    its message and has no details; anything else has its traceback as details. Running out
+    of memory (the device's or the computer's) says so and what to try, with the device and
+    the output size when given; a number out of range says so; any other error is ``Type:``
+    and the first line of its message (never the C++ frames torch appends)."""
+    at = f" at {size} px" if size is not None else ""
+    if isinstance(exc, torch.OutOfMemoryError):
+        where = f" on {device}" if device is not None else ""
+        return f"out of memory{where}{at}; try a smaller output.size", _traceback(exc)
     if isinstance(exc, RvgenError):
-        return str(exc), None
-    return f"{type(exc).__name__}: {exc}", _traceback(exc)
+        return _one_line(str(exc)), None
+    if isinstance(exc, MemoryError):
+        return f"out of memory (the computer's RAM){at}; try a smaller output.size or fewer workers", _traceback(exc)
+    if isinstance(exc, OverflowError):
+        return "a number out of range for the computation; check the recipe's sizes and values", _traceback(exc)
+    return _one_line(f"{type(exc).__name__}: {exc}"), _traceback(exc)
+
+
+def _one_line(text: str) -> str:
+    """The first line of ``text`` (torch appends C++ frames after it), at most REASON_CHARS long."""
+    return clip(text.strip().split("\n", 1)[0].split("Exception raised from", 1)[0].strip(), REASON_CHARS)
 
 
 def _traceback(exc: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from collections.abc import Mapping
@@ -11,9 +13,11 @@ from rvgen.engine.objective import Term
 from rvgen.engine.pyramid import resize
 from rvgen.errors import RecipeError
 from rvgen.hookspecs import hookimpl
-from rvgen.params import REQUIRED, Param
+from rvgen.params import MAX_SIZE, REQUIRED, Param, clip
 from rvgen.tasks import Metric, Task, white_noise
 from rvgen.tasks.colors import keep_colors, match_colors
+
+MAX_VARIATIONS = 1000  # results per input a recipe may ask for
 
 SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)")
 TV_WEIGHT = Param("tv_weight", float, 0.0, "weight of total variation on the pixels (smoothness)", minimum=0.0)
@@ -73,8 +77,9 @@ class Texture(Task):
               kind="layers", nullable=True),
         WEIGHTING,
         Param("size", list, None, "result size, [width, height] or long side; default: the input's",
-              kind="size", nullable=True),
-        Param("variations", int, 1, "how many different samples to make per input", minimum=1),
+              kind="size", minimum=8, maximum=MAX_SIZE, nullable=True),
+        Param("variations", int, 1, "how many different samples to make per input", minimum=1,
+              maximum=MAX_VARIATIONS),
         Param("loss", str, "gram", "the loss that compares statistics (a loss plugin's name)", kind="loss"),
         TV_WEIGHT,
         SEED,
@@ -121,9 +126,9 @@ class Style(Task):
         Param("style_weights", list, None, "blend weights of the style images, one per image (default: equal); "
               "normalised to sum to 1", nullable=True, digest_neutral=True),
         Param("style_size", int, None, "long side of the style image in pixels (default: output.size); "
-              "wins over style_scale", minimum=8, nullable=True),
+              "wins over style_scale", minimum=8, maximum=MAX_SIZE, nullable=True),
         Param("style_scale", float, 1.0, "long side of the style image relative to output.size, when style_size "
-              "is not set", minimum=0.01, digest_neutral=True),
+              "is not set", minimum=0.01, maximum=16.0, digest_neutral=True),
         Param("content_layers", list, None, "layers whose features keep the content (default: relu2_1 and relu4_2 for VGG)",
               kind="layers", nullable=True),
         Param("style_layers", list, None, "layers whose Gram matrices carry the style (default: relu1_1..relu5_1)",
@@ -159,8 +164,9 @@ class Style(Task):
             weights = [1.0] * len(sources)
         if len(weights) != len(sources):
             raise RecipeError(f"task.style_weights: {len(weights)} weights for {len(sources)} style images")
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
-            raise RecipeError(f"task.style_weights: expected numbers >= 0, got {weights!r}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                   for w in weights):
+            raise RecipeError(f"task.style_weights: expected finite numbers >= 0, got {clip(repr(weights))}")
         total = float(sum(weights))
         if total <= 0:
             raise RecipeError("task.style_weights: at least one weight must be above 0")
