@@ -23,6 +23,7 @@ from pathlib import Path
 from rvgen.batch.local import run_inline, run_processes
 from rvgen.batch.remote import run_dask
 from rvgen.batch.sidecar import RunKey
+from rvgen.batch.signals import stop_signals
 from rvgen.batch.summary import Reporter, RunInfo, Summary, Tracker, WorkerSpec
 from rvgen.pipeline import load_references
 from rvgen.plugins import Registry
@@ -55,16 +56,21 @@ def run_jobs(
     summary = Summary(total=len(run.jobs), skipped=run.skipped)
     tracker = Tracker(summary, reporter)
     start = time.perf_counter()
-    reporter.start(run)
-    if run.jobs:
-        if scheduler is not None:
-            run_dask(recipe, key, run.jobs, tracker, scheduler, keep_images)
-        elif len(run.workers) == 1:
-            run_inline(recipe, key, run.jobs, run.workers[0], tracker, registry, keep_images)
-        else:
-            run_processes(recipe, key, run.jobs, run.workers, tracker, keep_images)
-    summary.seconds = time.perf_counter() - start
-    reporter.finish(summary)
+    # Every SIGINT and SIGTERM from here to the summary is recorded, never lost and never
+    # raised in the middle of the reporters: the summary and the log's end are always written.
+    with stop_signals(raising=False) as signals:
+        reporter.start(run)
+        if run.jobs:
+            if scheduler is not None:
+                run_dask(recipe, key, run.jobs, tracker, scheduler, keep_images)
+            elif len(run.workers) == 1:
+                run_inline(recipe, key, run.jobs, run.workers[0], tracker, registry, keep_images)
+            else:
+                run_processes(recipe, key, run.jobs, run.workers, tracker, keep_images)
+        if summary.signal is None:
+            summary.signal = signals.first
+        summary.seconds = time.perf_counter() - start
+        reporter.finish(summary)
     return summary
 
 
