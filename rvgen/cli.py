@@ -139,7 +139,11 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
         _print_plan(console, plan, jobs, todo, finished, specs, output, shard)
         return
-    with OutputLock(output).acquire(wait=wait):
+    def waiting(line: str) -> None:
+        if not quiet:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    with OutputLock(output).acquire(wait=wait, on_wait=waiting):
         remove_leftovers(output)
         todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
         if quiet:

@@ -5,13 +5,15 @@ The subprocess helpers are tests/test_batch.py's."""
 import os
 import signal
 import subprocess
-import sys
+import threading
 import time
 
 import pytest
+from click.testing import CliRunner
 from test_batch import events, folder, recipe, start, wait_for
 
 from rvgen.batch.lock import OutputLock
+from rvgen.cli import cli
 
 
 def burst(proc: subprocess.Popen, signals) -> None:
@@ -82,3 +84,72 @@ def test_sigterm_with_one_worker_logs_the_abandoned_image(tmp_path):
     abandoned = [e["input"] for e in events(log) if e["event"] == "image_abandoned"]
     assert abandoned == started[-1:] and len(abandoned) == 1
     assert f"abandoned: {abandoned[0]} (stopped before it was finished; nothing written)" in text
+
+
+def test_wait_says_whom_it_waits_for_then_runs(tmp_path):
+    inputs, out = folder(tmp_path, 1), tmp_path / "out"
+    path = recipe(tmp_path, 2)
+    lock = OutputLock(out).acquire()
+    threading.Timer(1.0, lock.release).start()
+    result = CliRunner().invoke(cli, ["run", str(path), "-i", str(inputs), "-o", str(out), "--wait"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"waiting for another rvgen run (pid {os.getpid()}) to finish writing to {out}"
+    assert "1 done, 0 failed" in lines[-1] and result.output.count("waiting") == 1
+
+
+def test_the_wait_line_names_no_pid_it_cannot_read_and_is_not_said_when_the_lock_is_free(tmp_path):
+    said: list[str] = []
+    holder = OutputLock(tmp_path).acquire()
+    (tmp_path / ".rvgen.lock").write_text("")  # a holder that has not written its pid yet
+    threading.Timer(0.3, holder.release).start()
+    OutputLock(tmp_path).acquire(wait=True, on_wait=said.append).release()
+    assert said == [f"waiting for another rvgen run to finish writing to {tmp_path}"]
+    OutputLock(tmp_path).acquire(wait=True, on_wait=said.append).release()
+    assert len(said) == 1
+
+
+FORGED = "cat\n2026-12-01 00:00:00 [9 of 9] forged.png -> passwd (1 iterations, loss 0, 0.1s)\x1b[2K\r"
+
+
+def test_a_file_name_cannot_forge_a_line_in_the_plain_log(tmp_path, photos):
+    """A newline (or an escape sequence) in a file name is shown escaped, on the image's own line."""
+    (photos / "cat.jpg").rename(photos / f"{FORGED}.jpg")
+    (photos / f"notes\n{FORGED}.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", str(recipe(tmp_path, 2)), "-i", str(photos), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert not any(line.startswith("2026-12-01 00:00:00") for line in lines)
+    assert "\x1b" not in result.output and "\r" not in result.output
+    escaped = "cat\\n2026-12-01 00:00:00 [9 of 9] forged.png -> passwd (1 iterations, loss 0, 0.1s)\\x1b[2K\\r"
+    done = [line for line in lines if f"] {escaped}.jpg -> " in line]
+    assert len(done) == 1 and done[0].endswith(")") and f"{escaped}.png" in done[0]
+    assert f"not images: notes\\n{escaped}.txt" in result.output
+    assert len(lines) == 5  # the plan, skipping, two images, the summary
+
+
+def test_the_live_display_shows_names_as_they_are(tmp_path):
+    """The rich display neither runs a name's control characters nor reads it as markup."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from rvgen.batch.events import ImageDone, ImageFailed, ImageStarted
+    from rvgen.batch.jobs import Job
+    from rvgen.batch.reporters import RichReporter
+    from rvgen.batch.summary import RunInfo, Summary, WorkerSpec
+
+    buffer = StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=300, color_system=None))
+    jobs = [Job("/in/a", f"[bold red]{FORGED}", tmp_path / "a.png"), Job("/in/b", "b\nfake", tmp_path / "b.png")]
+    reporter.start(RunInfo(jobs, 0, [], [WorkerSpec("cpu", "cpu")], str(tmp_path)))
+    reporter.handle(ImageStarted("cpu", jobs[0]))
+    reporter.handle(ImageDone("cpu", jobs[0], 0.5, 3, 1.0, {}, []))
+    reporter.handle(ImageFailed("cpu", jobs[1], "cannot read b\nfake: broken"))
+    reporter.finish(Summary(total=2, done=[jobs[0]], failed=[(jobs[1], "cannot read b\nfake: broken")]))
+    text = buffer.getvalue()
+    assert "done [bold red]cat\\n2026-12-01 00:00:00 [9 of 9] forged.png" in text
+    assert "\\x1b[2K\\r.png" not in text and "\\x1b[2K\\r -> " in text
+    assert "failed: b\\nfake: cannot read b\\nfake: broken" in text
+    assert not any(line.startswith("2026-12-01 00:00:00") or line.startswith("fake") for line in text.splitlines())
