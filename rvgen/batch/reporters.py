@@ -230,7 +230,8 @@ class RichReporter(_Base):
     def on_ImageDone(self, event: ImageDone) -> None:
         self._image_over(event.worker, "idle")
         self.progress.console.print(f"[green]done[/] {escape(shown(event.job.rel))} -> "
-                                    f"{escape(shown(event.job.output))}{escape(self.where(event))} (loss {event.loss:.3e}, {event.seconds:.1f}s)", highlight=False)
+                                    f"{escape(shown(event.job.output))}{escape(self.where(event))} "
+                                    f"(loss {event.loss:.3e}, {event.seconds:.1f}s)", highlight=False)
 
     def on_ImageFailed(self, event: ImageFailed) -> None:
         self._image_over(event.worker, "idle")
