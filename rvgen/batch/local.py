@@ -43,20 +43,23 @@ KILL_WAIT_SECONDS = 5.0  # after killing the workers, how long to wait for the p
 
 def run_inline(recipe: Recipe, key: RunKey, jobs: Sequence[Job], spec: WorkerSpec, tracker: Tracker,
                registry: Registry | None, keep_images: bool = False) -> None:
-    """All of ``jobs`` with one worker in this process."""
+    """All of ``jobs`` with one worker in this process (whose torch threads are as they were after)."""
+    threads = torch.get_num_threads()
     try:
         with stop_signals():
             try:
                 worker = Worker(recipe, key, spec.device, spec.name, tracker, registry=registry,
-                                keep_images=keep_images)
+                                keep_images=keep_images, threads=spec.threads)
             except Exception as exc:
                 tracker(WorkerFailed(spec.name, *failure(exc)))
                 return
-            tracker(WorkerReady(spec.name, spec.device, pid=os.getpid()))
+            tracker(WorkerReady(spec.name, spec.device, worker.threads, os.getpid()))
             worker.run(jobs)
     except (KeyboardInterrupt, Stopped) as exc:
         tracker.summary.signal = signal_of(exc)
         tracker.abandon_current()  # stopped between an image's start and the worker's own report
+    finally:
+        torch.set_num_threads(threads)
 
 
 def process_main(
@@ -77,14 +80,12 @@ def process_main(
     the worker abandons its image at the next check.
     """
     ignore_stop_signals()
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images)
+        worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images, threads=threads)
     except BaseException as exc:
         events.put(WorkerFailed(name, *failure(exc)))
         return
-    events.put(WorkerReady(name, device, torch.get_num_threads() if device == "cpu" else None, os.getpid()))
+    events.put(WorkerReady(name, device, worker.threads, os.getpid()))
 
     def queued() -> Iterable[Job]:
         while True:
