@@ -319,7 +319,7 @@ def recipes() -> None:
 @click.option("--devices", "--device", "devices", metavar="DEVICES",
               help="Devices, e.g. cpu or cuda:0,cuda:1 (default: every GPU, else the CPU), as in run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Workers per device; CPU workers split the cores.")
+              help="Workers per device; each CPU image runs on 4 torch threads (all cores if fewer).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
 @click.pass_context
 def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path, backbones: str | None,

@@ -51,5 +51,5 @@ def test_one_worker_and_two_workers_make_the_same_pixels(tmp_path):
             assert data["threads"] == min(4, cores) and data["device"] == "cpu"
     assert sorted(made[1]) == sorted(made[2]) == ["astronaut.png", "chelsea.png"]
     for name, image in made[1].items():
-        assert image.shape == (48, 48, 3)
+        assert max(image.shape[:2]) == 48 and image.shape[2] == 3
         assert np.array_equal(image, made[2][name]), (name, int(np.abs(image.astype(int) - made[2][name]).max()))
