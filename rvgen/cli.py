@@ -80,8 +80,11 @@ EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done),
 @click.option("--gpus", metavar="0,1", help="GPU indices to use, one worker each.")
 @click.option("--devices", "--device", "devices", metavar="LIST",
               help="Devices to use, e.g. cuda:0,cuda:1,cpu or mps. Default: every GPU, else the CPU.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Workers per device (CPU workers share the cores between them).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Workers per device. Default: one per GPU; on the CPU, the cores divided by --threads.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch threads per CPU image, whatever --workers is (a CPU result depends on them, not on "
+                   "--workers). Default: 4, or every core if fewer.")
 @click.option("--shard", metavar="K/N", help="Make only shard K of N of the jobs (for N machines).")
 @click.option("--force", is_flag=True, help="Redo images that are already done.")
 @click.option("--wait", is_flag=True, help="If another run holds the output folder, wait for it instead of exiting 75.")
@@ -94,8 +97,8 @@ EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done),
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
 @click.pass_context
 def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path | None,
-        overrides: tuple[str, ...], gpus: str | None, devices: str | None, workers: int, shard: str | None,
-        force: bool, wait: bool, dry_run: bool, log_file: Path | None, backend: str, scheduler: str | None,
+        overrides: tuple[str, ...], gpus: str | None, devices: str | None, workers: int | None,
+        threads: int | None, shard: str | None, force: bool, wait: bool, dry_run: bool, log_file: Path | None, backend: str, scheduler: str | None,
         quiet: bool) -> None:
     """Run RECIPE over every image of --input, writing one result per image to --output.
 
@@ -119,12 +122,14 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
     if scheduler and backend != "dask":
         raise UsageError("--scheduler is for --backend dask")
-    if backend == "dask" and (gpus or devices or workers != 1):
-        raise UsageError("--gpus, --devices and --workers are for --backend local; a Dask cluster has its own workers")
+    if backend == "dask" and (gpus or devices or workers or threads):
+        raise UsageError("--gpus, --devices, --workers and --threads are for --backend local; "
+                         "a Dask cluster has its own workers")
     shard_k_n = parse_shard(shard) if shard else None
     recipe = resolve_recipe(recipe)
     parsed = load_recipe(recipe, overrides)
-    specs = [WorkerSpec("dask", scheduler)] if scheduler else worker_specs(resolve_devices(gpus, devices), workers)
+    specs = ([WorkerSpec("dask", scheduler)] if scheduler
+             else worker_specs(resolve_devices(gpus, devices), workers, threads=threads))
     output = output or Path("rvgen-out") / recipe.stem
     check_folder(output, "--output")
     if log_file is not None:
@@ -159,8 +164,13 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         screen = reporter
         log = JsonLogReporter(log_file, sys.argv, warn=lambda text: screen.say(text, "yellow"))
         reporter = Tee(log, screen)
+
+    def waiting(line: str) -> None:
+        if not quiet:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
     try:
-        with OutputLock(output).acquire(wait=wait):
+        with OutputLock(output).acquire(wait=wait, on_wait=waiting):
             remove_leftovers(output)
             todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
             run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
@@ -356,7 +366,7 @@ def recipes() -> None:
 @click.option("--devices", "--device", "devices", metavar="DEVICES",
               help="Devices, e.g. cpu or cuda:0,cuda:1 (default: every GPU, else the CPU), as in run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Workers per device; CPU workers split the cores.")
+              help="Workers per device; each CPU image runs on 4 torch threads (all cores if fewer).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
 @click.pass_context
 def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path, backbones: str | None,

@@ -117,7 +117,7 @@ def test_two_cpu_workers_share_a_folder_make_each_image_once_and_survive_a_corru
     assert {e["worker"] for e in done} == {"cpu#1", "cpu#2"}  # both workers made images
     ready = [e for e in events(log) if e["event"] == "worker_ready"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert [e["threads"] for e in ready] == [max(1, cores // 2)] * 2  # the cores are split
+    assert [e["threads"] for e in ready] == [min(4, cores)] * 2  # each image has the same threads
     assert check_complete_or_absent(out, inputs) == 6
     assert "6 done, 1 failed" in text and "broken.jpg: " in text and "Traceback" not in text
     failed = [e for e in events(log) if e["event"] == "image_failed"]
@@ -286,12 +286,19 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not (out / "coffee.png.json").exists()
 
 
-def test_cpu_workers_split_the_cores():
-    specs = worker_specs(["cpu"], 2, cpu_count=8)
-    assert [(s.name, s.threads) for s in specs] == [("cpu#1", 4), ("cpu#2", 4)]
-    assert [(s.name, s.threads) for s in worker_specs(["cpu"], 1, cpu_count=8)] == [("cpu", None)]
-    assert [(s.name, s.threads) for s in worker_specs(["cuda:0", "cpu"], 1, cpu_count=8)] == [("cuda:0", None),
-                                                                                              ("cpu", 8)]
+def test_cpu_workers_run_each_image_with_the_same_threads_and_fill_the_cores_by_default():
+    def specs(*args, **kwargs):
+        return [(s.name, s.threads) for s in worker_specs(*args, **kwargs)]
+
+    assert specs(["cpu"], 2, cpu_count=16) == [("cpu#1", 4), ("cpu#2", 4)]
+    assert specs(["cpu"], 1, cpu_count=16) == [("cpu", 4)]  # not 16: the pixels would differ from --workers 2
+    assert specs(["cpu"], cpu_count=16) == [(f"cpu#{i}", 4) for i in (1, 2, 3, 4)]  # the default fills the cores
+    assert specs(["cpu"], cpu_count=2) == [("cpu", 2)] and specs(["cpu"], 3, cpu_count=2) == [("cpu#1", 2),
+                                                                                              ("cpu#2", 2),
+                                                                                              ("cpu#3", 2)]
+    assert specs(["cpu"], cpu_count=16, threads=16) == [("cpu", 16)]
+    assert specs(["cuda:0", "cpu"], cpu_count=8) == [("cuda:0", None), ("cpu#1", 4), ("cpu#2", 4)]
+    assert specs(["cuda:0", "cuda:1"], cpu_count=8) == [("cuda:0", None), ("cuda:1", None)]
 
 
 @pytest.mark.slow

@@ -9,13 +9,16 @@
 
 The parent owns the signals (:mod:`rvgen.batch.signals`): SIGINT or SIGTERM sets a stop flag,
 workers abandon their current image, and stopped workers get :data:`GRACE_SECONDS` before
-they are killed; a second signal kills them at once.
+they are killed; a second signal kills them at once. The parent never has a signal raised in
+it while it runs worker processes (it reads the signals between events), so however many
+arrive, the run ends with its summary.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -26,7 +29,7 @@ import torch
 from rvgen.batch.events import WorkerFailed, WorkerReady
 from rvgen.batch.jobs import Job
 from rvgen.batch.sidecar import RunKey
-from rvgen.batch.signals import Interrupted, Stopped, ignore_stop_signals, signal_of, stop_signals
+from rvgen.batch.signals import Stopped, ignore_stop_signals, signal_of, stop_signals
 from rvgen.batch.summary import Tracker, WorkerSpec
 from rvgen.batch.worker import Worker, failure
 from rvgen.plugins import Registry
@@ -34,23 +37,29 @@ from rvgen.recipe import Recipe
 
 GRACE_SECONDS = 30.0  # how long stopped workers get to abandon their image before they are killed
 POOL_DONE = "rvgen:pool-done"
+POLL_SECONDS = 0.05  # how often the parent of worker processes looks for a signal while no event comes
+KILL_WAIT_SECONDS = 5.0  # after killing the workers, how long to wait for the pool to notice
 
 
 def run_inline(recipe: Recipe, key: RunKey, jobs: Sequence[Job], spec: WorkerSpec, tracker: Tracker,
                registry: Registry | None, keep_images: bool = False) -> None:
-    """All of ``jobs`` with one worker in this process."""
+    """All of ``jobs`` with one worker in this process (whose torch threads are as they were after)."""
+    threads = torch.get_num_threads()
     try:
         with stop_signals():
             try:
                 worker = Worker(recipe, key, spec.device, spec.name, tracker, registry=registry,
-                                keep_images=keep_images)
+                                keep_images=keep_images, threads=spec.threads)
             except Exception as exc:
                 tracker(WorkerFailed(spec.name, *failure(exc)))
                 return
-            tracker(WorkerReady(spec.name, spec.device, pid=os.getpid()))
+            tracker(WorkerReady(spec.name, spec.device, worker.threads, os.getpid()))
             worker.run(jobs)
-    except (KeyboardInterrupt, Interrupted, Stopped) as exc:
+    except (KeyboardInterrupt, Stopped) as exc:
         tracker.summary.signal = signal_of(exc)
+        tracker.abandon_current()  # stopped between an image's start and the worker's own report
+    finally:
+        torch.set_num_threads(threads)
 
 
 def process_main(
@@ -71,14 +80,12 @@ def process_main(
     the worker abandons its image at the next check.
     """
     ignore_stop_signals()
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images)
+        worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images, threads=threads)
     except BaseException as exc:
         events.put(WorkerFailed(name, *failure(exc)))
         return
-    events.put(WorkerReady(name, device, torch.get_num_threads() if device == "cpu" else None, os.getpid()))
+    events.put(WorkerReady(name, device, worker.threads, os.getpid()))
 
     def queued() -> Iterable[Job]:
         while True:
@@ -93,13 +100,26 @@ def process_main(
         pass
 
 
+def kill_workers() -> None:
+    """SIGKILL this process's loky worker processes, the ones still starting included."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    for process in multiprocessing.active_children():
+        if isinstance(process, LokyProcess) and process.pid is not None:
+            try:
+                os.kill(process.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+            except OSError:  # already gone
+                pass
+
+
 def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Sequence[WorkerSpec],
                   tracker: Tracker, keep_images: bool = False) -> None:
     """All of ``jobs`` with one loky process per worker, taking jobs from one queue."""
     from multiprocessing.managers import SyncManager
 
     from joblib import Parallel, delayed
-    from joblib.externals.loky import get_reusable_executor
 
     manager = SyncManager()
     manager.start(ignore_stop_signals)  # Ctrl-C reaches the whole process group; the parent decides
@@ -142,23 +162,25 @@ def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Seq
 
         threading.Thread(target=pool, name="rvgen-pool", daemon=True).start()
         threading.Thread(target=forward, name="rvgen-events", daemon=True).start()
-        deadline = None
-        with stop_signals():
+        deadline = killed = None
+        with stop_signals(raising=False) as signals:  # nothing is raised here: signals are read between events
             while True:
+                now = time.monotonic()
+                if signals.count and deadline is None:
+                    tracker.summary.signal = signals.first
+                    deadline = now + GRACE_SECONDS
+                    try:
+                        stop.set()
+                    except (EOFError, OSError):  # the manager is gone: there is nobody to tell
+                        pass
+                if killed is None and (signals.count > 1 or (deadline is not None and now > deadline)):
+                    kill_workers()  # asked twice (or the grace is over): stop now
+                    killed = now
+                if killed is not None and now - killed > KILL_WAIT_SECONDS:
+                    break
                 try:
-                    event = local.get(timeout=0.5)
+                    event = local.get(timeout=POLL_SECONDS)
                 except queue.Empty:
-                    if deadline is not None and time.monotonic() > deadline:
-                        get_reusable_executor().shutdown(wait=False, kill_workers=True)
-                        break
-                    continue
-                except (KeyboardInterrupt, Interrupted) as exc:
-                    if tracker.summary.signal is not None:  # asked twice: stop now
-                        get_reusable_executor().shutdown(wait=False, kill_workers=True)
-                        break
-                    tracker.summary.signal = signal_of(exc)
-                    stop.set()
-                    deadline = time.monotonic() + GRACE_SECONDS
                     continue
                 if isinstance(event, str) and event == POOL_DONE:
                     break

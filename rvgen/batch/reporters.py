@@ -16,12 +16,14 @@ import json
 import os
 import signal
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rvgen.batch.events import (
@@ -39,6 +41,26 @@ from rvgen.errors import UsageError
 
 
 NOT_LOGGED = {"job", "parts", "history", "image"}  # the job is logged by its fields; the rest is for Python callers
+
+
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown(text: Any) -> str:
+    """``text`` (a file name, an error message) made safe for one line of a terminal or log:
+    control characters (newline, carriage return, escape sequences), line and paragraph
+    separators and the bidirectional overrides are written as ``\\n``, ``\\x1b``, ``\\u202e``,
+    so a file name can neither start a forged line nor rewrite what the terminal shows."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            out.append(repr(c)[1:-1])
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def duration(seconds: float) -> str:
@@ -79,11 +101,12 @@ class _Base:
         self.total = len(run.jobs)
         self.several = len(run.workers) > 1
         if run.ignored:
-            shown = ", ".join(run.ignored[:5]) + (f" and {len(run.ignored) - 5} more" if len(run.ignored) > 5 else "")
-            self.say(f"skipping {len(run.ignored)} file(s) that are not images: {shown}", "yellow")
+            names = ", ".join(map(shown, run.ignored[:5])) + (f" and {len(run.ignored) - 5} more"
+                                                               if len(run.ignored) > 5 else "")
+            self.say(f"skipping {len(run.ignored)} file(s) that are not images: {names}", "yellow")
         done = f" ({run.skipped} already done)" if run.skipped else ""
         workers = ", ".join(w.name for w in run.workers)
-        self.say(f"{self.total} image(s) to make{done} on {workers} -> {run.output}")
+        self.say(f"{self.total} image(s) to make{done} on {workers} -> {shown(run.output)}")
 
     def handle(self, event: Event) -> None:
         if isinstance(event, (ImageDone, ImageFailed)):
@@ -96,12 +119,12 @@ class _Base:
         return f" on {event.worker}" if self.several else ""
 
     def on_WorkerFailed(self, event: WorkerFailed) -> None:
-        self.say(f"worker {event.worker} did not start: {event.reason}", "red")
+        self.say(f"worker {event.worker} did not start: {shown(event.reason)}", "red")
         if self.verbose and event.details:
             self.say(event.details)
 
     def on_ImageFailed(self, event: ImageFailed) -> None:
-        self.say(f"failed: {event.job.rel}: {event.reason}", "red")
+        self.say(f"failed: {shown(event.job.rel)}: {shown(event.reason)}", "red")
         if self.verbose and event.details:
             self.say(event.details)
 
@@ -109,9 +132,9 @@ class _Base:
         bad = summary.failed or summary.interrupted or summary.problems or summary.not_started
         self.say(summary_line(summary), "bold red" if bad else "bold green")
         for job, reason in summary.failed:
-            self.say(f"  {job.rel}: {reason}", "red")
+            self.say(f"  {shown(job.rel)}: {shown(reason)}", "red")
         for problem in summary.problems:
-            self.say(f"  {problem}", "red")
+            self.say(f"  {shown(problem)}", "red")
 
 
 class PlainReporter(_Base):
@@ -137,15 +160,15 @@ class PlainReporter(_Base):
         now = time.monotonic()
         if now - self._last.get(event.worker, 0.0) >= self.interval:
             self._last[event.worker] = now
-            self.say(f"{event.job.rel}{self.where(event)}: iteration {event.iteration}/{event.iterations}, "
+            self.say(f"{shown(event.job.rel)}{self.where(event)}: iteration {event.iteration}/{event.iterations}, "
                      f"loss {event.loss:.4g}")
 
     def on_ImageDone(self, event: ImageDone) -> None:
-        self.say(f"[{self.finished}/{self.total}] {event.job.rel} -> {event.job.output}{self.where(event)} "
-                 f"({event.iterations} iterations, loss {event.loss:.4g}, {event.seconds:.1f}s)")
+        self.say(f"[{self.finished}/{self.total}] {shown(event.job.rel)} -> {shown(event.job.output)}"
+                 f"{self.where(event)} ({event.iterations} iterations, loss {event.loss:.4g}, {event.seconds:.1f}s)")
 
     def on_ImageAbandoned(self, event: ImageAbandoned) -> None:
-        self.say(f"abandoned: {event.job.rel} (stopped before it was finished; nothing written)", "yellow")
+        self.say(f"abandoned: {shown(event.job.rel)} (stopped before it was finished; nothing written)", "yellow")
 
 
 class QuietReporter(_Base):
@@ -189,13 +212,18 @@ class RichReporter(_Base):
     def on_WorkerReady(self, event: WorkerReady) -> None:
         self.progress.update(self._row(event.worker), info="ready")
 
+    @staticmethod
+    def name(job) -> str:
+        """The end of the job's name, as rich markup that shows it as it is."""
+        return escape(shown(job.rel)[-32:])
+
     def on_ImageStarted(self, event: ImageStarted) -> None:
         self.progress.reset(self._row(event.worker), total=None,
-                            info=f"{event.job.rel[-32:]}: loading · {self.made[event.worker]} done")
+                            info=f"{self.name(event.job)}: loading · {self.made[event.worker]} done")
 
     def on_Step(self, event: Step) -> None:
         self.progress.update(self._row(event.worker), total=event.iterations, completed=event.iteration,
-                             info=f"{event.job.rel[-32:]}: loss {event.loss:.3e} · {self.made[event.worker]} done")
+                             info=f"{self.name(event.job)}: loss {event.loss:.3e} · {self.made[event.worker]} done")
 
     def _image_over(self, worker: str, info: str) -> None:
         self.progress.advance(self.batch)
@@ -204,7 +232,8 @@ class RichReporter(_Base):
 
     def on_ImageDone(self, event: ImageDone) -> None:
         self._image_over(event.worker, "idle")
-        self.progress.console.print(f"[green]done[/] {event.job.rel} -> {event.job.output}{self.where(event)} "
+        self.progress.console.print(f"[green]done[/] {escape(shown(event.job.rel))} -> "
+                                    f"{escape(shown(event.job.output))}{escape(self.where(event))} "
                                     f"(loss {event.loss:.3e}, {event.seconds:.1f}s)", highlight=False)
 
     def on_ImageFailed(self, event: ImageFailed) -> None:

@@ -7,7 +7,7 @@ workers, with one event stream and one :class:`Summary` whatever the back end:
 - ``--backend dask``: tasks on a Dask cluster (:mod:`rvgen.batch.remote`).
 
 Around it: :func:`prepare` (the run's key, after checking the reference images open),
-:func:`worker_specs` (the workers for ``--gpus``/``--devices``/``--workers``) and
+:func:`worker_specs` (the workers for ``--gpus``/``--devices``/``--workers``/``--threads``) and
 :func:`remove_leftovers` (temporary files a killed run left). Signals:
 :mod:`rvgen.batch.signals`; sidecars: :mod:`rvgen.batch.sidecar`; reporters:
 :mod:`rvgen.batch.reporters`.
@@ -19,11 +19,13 @@ import os
 import stat
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rvgen.batch.local import run_inline, run_processes
 from rvgen.batch.remote import run_dask
 from rvgen.batch.sidecar import RunKey
+from rvgen.batch.signals import stop_signals
 from rvgen.batch.summary import Reporter, RunInfo, Summary, Tracker, WorkerSpec
 from rvgen.imageio import is_temporary
 from rvgen.pipeline import load_references
@@ -57,32 +59,58 @@ def run_jobs(
     summary = Summary(total=len(run.jobs), skipped=run.skipped)
     tracker = Tracker(summary, reporter)
     start = time.perf_counter()
-    reporter.start(run)
-    if run.jobs:
-        if scheduler is not None:
-            run_dask(recipe, key, run.jobs, tracker, scheduler, keep_images)
-        elif len(run.workers) == 1:
-            run_inline(recipe, key, run.jobs, run.workers[0], tracker, registry, keep_images)
-        else:
-            run_processes(recipe, key, run.jobs, run.workers, tracker, keep_images)
-    summary.seconds = time.perf_counter() - start
-    reporter.finish(summary)
+    # Every SIGINT and SIGTERM from here to the summary is recorded, never lost and never
+    # raised in the middle of the reporters: the summary and the log's end are always written.
+    if len(run.workers) > max(1, len(run.jobs)):  # a worker with nothing to do would only cost its start
+        run = replace(run, workers=list(run.workers[:max(1, len(run.jobs))]))
+    with stop_signals(raising=False) as signals:
+        reporter.start(run)
+        if run.jobs:
+            if scheduler is not None:
+                run_dask(recipe, key, run.jobs, tracker, scheduler, keep_images)
+            elif len(run.workers) == 1:
+                run_inline(recipe, key, run.jobs, run.workers[0], tracker, registry, keep_images)
+            else:
+                run_processes(recipe, key, run.jobs, run.workers, tracker, keep_images)
+        if summary.signal is None:
+            summary.signal = signals.first
+        summary.seconds = time.perf_counter() - start
+        reporter.finish(summary)
     return summary
 
 
-def worker_specs(devices: Sequence[str], per_device: int = 1, cpu_count: int | None = None) -> list[WorkerSpec]:
-    """``per_device`` workers on each device; CPU workers split the cores between them."""
-    if cpu_count is None:
-        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CPU_THREADS = 4  # torch threads per image on a CPU (or all the cores, if fewer), whatever --workers is
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_threads(cpu_count: int | None = None) -> int:
+    """The torch threads each CPU worker runs each image with by default: :data:`CPU_THREADS`,
+    or every core where there are fewer."""
+    return max(1, min(CPU_THREADS, cpu_count or cores()))
+
+
+def worker_specs(devices: Sequence[str], per_device: int | None = None, cpu_count: int | None = None,
+                 threads: int | None = None) -> list[WorkerSpec]:
+    """``per_device`` workers on each device (default: one per GPU, and on the CPU as many as
+    the cores hold at ``threads`` each).
+
+    A CPU result depends on the number of torch threads that made it (reductions, convolutions
+    and matrix products are split differently), so every CPU worker runs each image with the
+    same ``threads`` (default :func:`cpu_threads`) however many workers there are: the same
+    recipe gives the same pixels with ``--workers 1`` or ``--workers 8``.
+    """
+    cpu_count = cpu_count or cores()
+    threads = threads or cpu_threads(cpu_count)
     specs = []
     for device in devices:
-        for i in range(per_device):
-            name = device if per_device == 1 else f"{device}#{i + 1}"
-            specs.append(WorkerSpec(name, device))
-    cpu_workers = sum(1 for s in specs if s.device == "cpu")
-    if len(specs) > 1 and cpu_workers:
-        threads = max(1, (cpu_count or 1) // cpu_workers)
-        specs = [WorkerSpec(s.name, s.device, threads if s.device == "cpu" else None) for s in specs]
+        count = per_device or (max(1, cpu_count // threads) if device == "cpu" else 1)
+        for i in range(count):
+            name = device if count == 1 else f"{device}#{i + 1}"
+            specs.append(WorkerSpec(name, device, threads if device == "cpu" else None))
     return specs
 
 

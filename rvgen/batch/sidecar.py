@@ -4,7 +4,8 @@ A result ``NAME.png`` has ``NAME.png.json`` beside it (:func:`write_result` writ
 first, then the sidecar, so a sidecar is only ever beside a complete image). The sidecar
 records the input, the variation, the recipe (its digest and resolved settings), the
 reference images' hashes, the losses (``loss``: initial, final and per term; ``history``:
-a short ``[iteration, loss]`` list), the iterations, the time, the device and the versions.
+a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
+the torch threads, which a CPU result depends on) and the versions.
 
 A job is finished when its output exists and its sidecar records the same recipe digest, the
 same input (sha256), the same reference images (the style image's sha256) and the same
@@ -72,9 +73,10 @@ class RunKey:
 # -- writing ------------------------------------------------------------------------------
 
 
-def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> dict[str, Any]:
-    """The sidecar of ``job``'s ``result``."""
-    return {
+def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
+            threads: int | None = None) -> dict[str, Any]:
+    """The sidecar of ``job``'s ``result``; ``threads``: the torch threads of a CPU result."""
+    data = {
         "input": {"name": job.rel, "source": job.source, **input_identity(job.source)},
         "variation": job.variation,
         "recipe": {"source": recipe.source, "digest": key.recipe, "resolved": recipe.to_dict()},
@@ -87,6 +89,9 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) 
         "device": device,
         "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    if threads is not None:
+        data["threads"] = threads
+    return data
 
 
 def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None = None) -> None:
@@ -96,10 +101,11 @@ def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None
     imageio.save_image(image, path or job.output, recipe.output["format"], recipe.output["quality"], alpha)
 
 
-def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str) -> None:
+def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
+                 threads: int | None = None) -> None:
     """The image first, then its sidecar: a sidecar is only ever beside a complete image."""
     write_image(recipe, job, result.image)
-    imageio.write_json(sidecar(recipe, key, job, result, device), job.sidecar)
+    imageio.write_json(sidecar(recipe, key, job, result, device, threads), job.sidecar)
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """A worker: one device, one :class:`~rvgen.pipeline.Pipeline`, images until none are left.
 
 The backbone, the losses and the recipe's fixed targets (the style image's Grams, built
-once) live as long as the worker. For each job the worker loads the input, optimises, and
+once) live as long as the worker. A CPU worker runs with the torch threads its spec gives
+(:func:`rvgen.batch.runner.worker_specs`), the same for every worker, since a CPU result
+depends on them. For each job the worker loads the input, optimises, and
 writes the result and its sidecar atomically; everything it has to say goes out as
 :mod:`rvgen.batch.events` through ``emit``. One image failing is an :class:`ImageFailed`
 event, never the end of the worker. The same class runs in the parent process and in worker
@@ -89,9 +91,14 @@ class Worker:
         should_stop: Callable[[], bool] = lambda: False,
         registry: Registry | None = None,
         keep_images: bool = False,
+        threads: int | None = None,
     ):
         self.recipe, self.key, self.device, self.name = recipe, key, device, name
         self.emit, self.should_stop, self.keep_images = emit, should_stop, keep_images
+        if device == "cpu" and threads:
+            torch.set_num_threads(threads)  # for this process: one worker per process
+        # What a CPU result depends on besides the recipe (recorded in its sidecar); None elsewhere.
+        self.threads = torch.get_num_threads() if device == "cpu" else None
         self.pipeline = Pipeline(recipe, device, registry)
         self.steps: dict[Job, list] = {}  # the step images written of each job (output.save_every)
 
@@ -135,7 +142,7 @@ class Worker:
             self.emit(ImageFailed(self.name, job, *failure(outcome)))
             return
         try:
-            write_result(self.recipe, self.key, job, outcome, self.device)
+            write_result(self.recipe, self.key, job, outcome, self.device, self.threads)
         except Exception as exc:
             self._fail(job, exc)
         else:
