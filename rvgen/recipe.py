@@ -189,7 +189,8 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_table(values: Mapping[str, Any]) -> list[str]:
-    return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    ordered = sorted(values.items(), key=lambda item: item[0] != "name")  # the plugin's name first
+    return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in ordered if v is not None]
 
 
 def recipe_toml(resolved: Mapping[str, Any]) -> str:
