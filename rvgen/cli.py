@@ -172,13 +172,12 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
 
 def _provenance(image: Path) -> dict:
     from rvgen.batch.sidecar import read_provenance
-    from rvgen.errors import ImageError
 
     if not image.is_file():
-        raise ImageError(f"{image}: file not found")
+        raise UsageError(f"{image}: file not found")
     data = read_provenance(image)
     if data is None:
-        raise ImageError(f"{image}: says nothing of how it was made (no rvgen metadata in it, no sidecar beside it)")
+        raise UsageError(f"{image}: says nothing of how it was made (no rvgen metadata in it, no sidecar beside it)")
     return data
 
 
