@@ -458,15 +458,17 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     comparison = cmp.run_comparison(columns, recipes, inputs, output, specs, on_result=report,
                                     on_column=announce, on_failure=failed)
     wall = time.perf_counter() - start
-    paths = cmp.write_outputs(comparison, output, {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES,
-                                                   "devices": device_list, "wall_seconds": wall})
+    meta = {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES, "devices": device_list,
+            "wall_seconds": wall}
+    paths = cmp.write_outputs(comparison, output, meta)
+    paths["page"] = cmp.write_page(comparison, output, meta)
     summary = comparison.summary()
     console.print(cmp.summary_table(comparison, summary))
     pivot = cmp.layer_table(comparison, summary)
     if pivot is not None:
         console.print(pivot)
-    console.print(f"wall time {wall:.0f} s; sheet {paths['sheet']}, tables {paths['summary']}, {paths['csv']}, "
-                  f"{paths['json']}", highlight=False)
+    console.print(f"wall time {wall:.0f} s; page {paths['page']}, sheet {paths['sheet']}, tables {paths['summary']}, "
+                  f"{paths['csv']}, {paths['json']}", highlight=False)
     if comparison.failures:
         console.print(f"{len(comparison.failures)} result(s) failed; see above", style="red", highlight=False)
         ctx.exit(1)

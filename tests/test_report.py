@@ -124,6 +124,7 @@ def resolve(folder: Path, url: str) -> Path:
     return (folder / unquote(url)).resolve()
 
 
+@pytest.mark.slow
 def test_the_page_shows_each_result_once_beside_its_input_with_the_failures(made):
     page = Page((made / "index.html").read_text())
     results = sorted(p.relative_to(made).as_posix() for p in made.rglob("*.png") if THUMBS_NAME not in p.parts)
@@ -151,6 +152,7 @@ def test_the_page_shows_each_result_once_beside_its_input_with_the_failures(made
     assert "@media print" in (made / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_rvgen_report_rebuilds_the_same_page_reusing_the_thumbnails(made):
     original = (made / "index.html").read_text()
     (made / "index.html").unlink()
@@ -287,3 +289,28 @@ def test_the_loss_curve_is_a_polyline_falling_left_to_right():
     assert [round(x) for x, _ in points] == [2, 80, 158]
     assert points[0][1] < points[1][1] < points[2][1], "a falling loss goes down the picture"
     assert curve([(0, 1.0)]) == ""
+
+
+@pytest.mark.slow
+def test_compare_writes_a_page_of_its_columns(tmp_path):
+    photos = tmp_path / "photos"
+    write_sample(photos / "cat.png", "chelsea", 32)
+    recipe = write_recipe(tmp_path / "r.toml", '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n'
+                                               '[optimizer]\niterations = 3\n[output]\nsize = 32\n')
+    out = tmp_path / "cmp"
+    result = run("compare", recipe, "--input", photos, "--output", out, "--seeds", "0,1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (out / "sheet.png").is_file(), "the contact sheet stays"
+    page = Page((out / "index.html").read_text())
+    results = sorted(p.relative_to(out).as_posix() for p in (out / "results").rglob("*.png"))
+    assert len(results) == 2
+    for name in results:
+        assert page.hrefs.count(name) == 1, name
+    for url in page.hrefs + page.srcs:
+        assert resolve(out, url).is_file(), url
+    assert page.polylines == 2 and page.scripts == 0
+    text = page.plain
+    assert "Failed" not in text and "random-vgg19 seed 1" in text and 'layer = "relu1_1"' in text
+    psnr = {row["column"]: row["psnr"]["mean"] for row in json.loads((out / "metrics.json").read_text())["summary"]}
+    for column, value in psnr.items():
+        assert column in text and f"{value:.2f}" in text

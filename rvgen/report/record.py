@@ -1,4 +1,4 @@
-"""The folder's record: what the sidecars cannot say, kept in ``OUTPUT/.rvgen-runs.json``.
+"""The folder's record: what the sidecars cannot say, kept in ``OUTPUT/.rvgen-record`` (JSON).
 
 A sidecar is written only beside a finished image, so a folder's sidecars know nothing of
 the images that failed, of those a run planned but did not get to, or of how long the runs
@@ -27,7 +27,7 @@ from rvgen import imageio
 from rvgen.batch.jobs import Job
 from rvgen.batch.summary import RunInfo, Summary
 
-RECORD_NAME = ".rvgen-runs.json"
+RECORD_NAME = ".rvgen-record"  # JSON; not named .json: every *.json in the folder is a sidecar
 KEEP_RUNS = 100
 
 
