@@ -187,7 +187,9 @@ def read_folder(folder: Path) -> Folder:
 
 def device_figures(groups: list[RecipeGroup], runs: list[dict[str, Any]]) -> list[DeviceFigures]:
     """Per device, the images in the folder it made and its rate: the images it made in the
-    recorded runs per hour those runs took (without a record, per hour of the images' own time)."""
+    recorded runs per hour those runs took (runs that made or failed nothing left out), or
+    without a record, per hour of the images' own time (a batch's time counts for each of
+    its images, so on a GPU that rate is low)."""
     images: dict[str, int] = defaultdict(int)
     own_seconds: dict[str, float] = defaultdict(float)
     for group in groups:
@@ -198,6 +200,8 @@ def device_figures(groups: list[RecipeGroup], runs: list[dict[str, Any]]) -> lis
     made: dict[str, int] = defaultdict(int)
     hours: dict[str, float] = defaultdict(float)
     for run in runs:
+        if not (run.get("done") or run.get("failed")):
+            continue  # a rerun of a finished folder: no device worked
         devices = run.get("devices") if isinstance(run.get("devices"), dict) else {}
         for device, count in devices.items():
             made[device] += int(count or 0)
