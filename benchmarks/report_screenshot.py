@@ -3,6 +3,7 @@ headless Chromium draws it.
 
     python benchmarks/report_screenshot.py                  # starry_night, shortened for a CPU
     python benchmarks/report_screenshot.py --iterations 100 --size 160   # the recipe as shipped
+    python benchmarks/report_screenshot.py --page-only      # rewrite the last run's page, shoot it
 
 It runs ``rvgen run recipes/starry_night.toml`` over scikit-image's three sample photos and a
 broken file (so the page shows a failure), then has Chromium (Debian's ``chromium``
@@ -69,15 +70,20 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1500, help="window height before trimming")
     parser.add_argument("--chromium", help="the browser to run (default: chromium on PATH)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "report.png")
+    parser.add_argument("--page-only", action="store_true",
+                        help="run nothing: write the page of --work's folder again (rvgen report) and shoot it")
     args = parser.parse_args()
 
     browser = chromium(args.chromium)
     photos, output = args.work / "photos", args.work / "starry_night"
-    make_inputs(photos)
-    subprocess.run([sys.executable, "-m", "rvgen", "run", "starry_night", "--input", "photos",
-                    "--output", "starry_night", "--devices", "cpu",
-                    "--set", f"optimizer.iterations={args.iterations}", "--set", f"output.size={args.size}"],
-                   cwd=args.work, check=False)  # exits 1: the broken scan failed, as the page should show
+    if args.page_only:
+        subprocess.run([sys.executable, "-m", "rvgen", "report", "starry_night"], cwd=args.work, check=True)
+    else:
+        make_inputs(photos)
+        subprocess.run([sys.executable, "-m", "rvgen", "run", "starry_night", "--input", "photos",
+                        "--output", "starry_night", "--devices", "cpu",
+                        "--set", f"optimizer.iterations={args.iterations}", "--set", f"output.size={args.size}"],
+                       cwd=args.work, check=False)  # exits 1: the broken scan failed, as the page should show
     page = output / "index.html"
     if not page.is_file():
         sys.exit(f"{page} was not written")

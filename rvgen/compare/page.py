@@ -10,16 +10,15 @@ folded). No scripts, no network; thumbnails in ``OUTPUT/.rvgen-thumbs/`` as for 
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from rvgen import imageio
 from rvgen.batch.sidecar import read_sidecar
-from rvgen.compare.report import result_path
+from rvgen.compare.report import mean_std, result_path
 from rvgen.compare.results import Comparison
-from rvgen.report.page import STYLE, curve, link
+from rvgen.report.page import STYLE, curve, link, thumbnail
 from rvgen.report.thumbs import Thumbnails
 from rvgen.report.write import PAGE_NAME
 
@@ -30,22 +29,6 @@ table.matrix th.col { max-width: 180px; overflow-wrap: anywhere; }
 details summary { cursor: default; margin: 6px 0; }
 p.reason { color: var(--bad); font-size: 12px; max-width: 160px; overflow-wrap: anywhere; }
 """
-
-
-def _stat(stat: dict[str, Any], digits: int) -> str:
-    if stat["n"] == 0 or math.isnan(stat["mean"]):
-        return "-"
-    return f"{stat['mean']:.{digits}f} &plusmn; {stat['std']:.{digits}f}"
-
-
-def _image(thumbs: Thumbnails, at: Path, source: str, label: str) -> str:
-    thumb = thumbs.of(source)
-    if thumb is None:
-        return f'<div class="missing">{escape(label)}</div>'
-    img = f'<img src="{link(at, thumb)}" alt="{escape(label, quote=True)}" loading="lazy">'
-    if not imageio.is_sample(source) and Path(source).is_file():
-        return f'<a href="{link(at, source)}">{img}</a>'
-    return img
 
 
 def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], thumbs: Thumbnails) -> str:
@@ -64,7 +47,7 @@ def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], 
         if headline else ""
     rows = []
     for row in summary:
-        cells = "".join(f'<td class="num">{_stat(row[m.name], m.digits)}</td>' for m in metrics)
+        cells = "".join(f'<td class="num">{escape(mean_std(row[m.name], m.digits))}</td>' for m in metrics)
         if headline:
             d = row["delta"]
             cells += ('<td class="num">-</td>' if d["n"] == 0 else
@@ -77,7 +60,7 @@ def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], 
     matrix_head = "<th>input</th>" + "".join(f'<th class="col">{escape(c.label)}</th>' for c in comparison.columns)
     matrix_rows = []
     for source, name in comparison.inputs:
-        cells = [f"<td><figure>{_image(thumbs, output, source, name)}<figcaption>{escape(name)}</figcaption>"
+        cells = [f"<td><figure>{thumbnail(thumbs, output, source, name)}<figcaption>{escape(name)}</figcaption>"
                  f"</figure></td>"]
         for c, column in enumerate(comparison.columns):
             outcome = by_cell.get((name, c))
@@ -90,7 +73,7 @@ def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], 
             history = [(int(i), float(v)) for i, v in side.get("history") or []]
             score = (f'<div class="score">{escape(headline.label)} {outcome.scores[headline.name]:.{headline.digits}f}'
                      f"</div>" if headline else "")
-            cells.append(f'<td><figure>{_image(thumbs, output, str(path), column.label)}<figcaption>{score}'
+            cells.append(f'<td><figure>{thumbnail(thumbs, output, str(path), column.label)}<figcaption>{score}'
                          f"{curve(history)}loss {outcome.loss:.4g} &middot; {outcome.seconds:.1f} s"
                          f"</figcaption></figure></td>")
         matrix_rows.append(f"<tr>{''.join(cells)}</tr>")

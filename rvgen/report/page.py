@@ -122,19 +122,23 @@ def curve(history: Sequence[tuple[int, float]]) -> str:
             f'over {history[-1][0]} iterations (log scale)</title><polyline points="{coords}"/></svg>')
 
 
+def thumbnail(thumbs: Thumbnails, page_folder: Path, source: str, label: str) -> str:
+    """An image's thumbnail, linking to the full image when it is a file."""
+    thumb = thumbs.of(source)
+    if thumb is None:
+        return f'<div class="missing">{escape(label)}<br>(cannot be read)</div>'
+    img = f'<img src="{link(page_folder, thumb)}" alt="{escape(label, quote=True)}">'
+    if not imageio.is_sample(source) and Path(source).is_file():
+        return f'<a href="{link(page_folder, source)}">{img}</a>'
+    return img
+
+
 class PageWriter:
     def __init__(self, folder: Folder, thumbs: Thumbnails, page_folder: Path):
         self.folder, self.thumbs, self.at = folder, thumbs, page_folder
 
-    def image(self, source: str, label: str, href: bool = True) -> str:
-        """A thumbnail, linking to the full image when it is a file."""
-        thumb = self.thumbs.of(source)
-        if thumb is None:
-            return f'<div class="missing">{escape(label)}<br>(cannot be read)</div>'
-        img = f'<img src="{link(self.at, thumb)}" alt="{escape(label, quote=True)}" loading="lazy">'
-        if href and not imageio.is_sample(source) and Path(source).is_file():
-            return f'<a href="{link(self.at, source)}">{img}</a>'
-        return img
+    def image(self, source: str, label: str) -> str:
+        return thumbnail(self.thumbs, self.at, source, label)
 
     def result(self, made: Made) -> str:
         facts = [("loss", f"{made.loss:.4g}" if made.loss is not None else "-"),
@@ -204,7 +208,8 @@ class PageWriter:
         rows = []
         for r in reversed(self.folder.runs[-last:]):
             stopped = f" ({r['signal']})" if r.get("signal") else ""
-            rows.append(f"<tr><td>{escape(when(str(r.get('started', ''))))}</td><td>{escape(str(r.get('recipe', '')))}</td>"
+            rows.append(f"<tr><td>{escape(when(str(r.get('started', ''))))}</td>"
+                        f"<td>{escape(str(r.get('recipe', '')))}</td>"
                         f'<td class="num">{r.get("done", 0)}</td><td class="num">{r.get("failed", 0)}</td>'
                         f'<td class="num">{r.get("not_started", 0)}</td>'
                         f'<td class="num">{duration(float(r.get("seconds", 0) or 0))}{escape(stopped)}</td></tr>')
@@ -216,9 +221,9 @@ class PageWriter:
         title = self.folder.path.resolve().name or str(self.folder.path)
         status = ""
         if live is not None:
-            status = (f'<p class="live">A run is going (started {escape(live.started)}): {live.done} of {live.total} '
-                      f'done, {live.failed} failed; this page was written at {escape(live.updated)} and is '
-                      f'rewritten every half minute or so.</p>')
+            status = (f'<p class="live">A run is going (started {escape(when(live.started))}): {live.done} of '
+                      f'{live.total} done, {live.failed} failed; this page was written at {escape(live.updated)} '
+                      f'and is rewritten every half minute or so.</p>')
         body = "".join(self.group(g) for g in self.folder.groups)
         if not self.folder.groups:
             body = '<p class="muted">No images made yet.</p>'

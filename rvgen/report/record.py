@@ -58,8 +58,11 @@ class FolderRecord:
             return cls()
         if not isinstance(data, dict):
             return cls()
-        pick = lambda key, kind: data.get(key) if isinstance(data.get(key), kind) else kind()  # noqa: E731
-        return cls(pick("failures", dict), pick("pending", dict), pick("runs", list))
+
+        def part(key: str, kind: type) -> Any:
+            return data[key] if isinstance(data.get(key), kind) else kind()
+
+        return cls(part("failures", dict), part("pending", dict), part("runs", list))
 
     def save(self, folder: Path) -> None:
         imageio.write_json({"failures": self.failures, "pending": self.pending, "runs": self.runs[-KEEP_RUNS:]},
