@@ -69,7 +69,9 @@ EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done),
 
 
 @cli.command(epilog=EPILOG)
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--from", "from_image", type=click.Path(dir_okay=False, path_type=Path), metavar="IMAGE",
+              help="Instead of RECIPE: the recipe a result of rvgen was made with (as rvgen info IMAGE shows it).")
 @click.option("-i", "--input", "input_spec", metavar="PATH",
               help="Folder (searched recursively), image file, or skimage:NAME[,NAME...]. "
                    "Default: scikit-image's sample photos.")
@@ -95,25 +97,26 @@ EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done),
               help="local: worker processes on this machine; dask: tasks on a Dask cluster (--scheduler).")
 @click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
+@click.option("--no-report", is_flag=True, help="Do not write OUTPUT/index.html (the page of the folder).")
 @click.pass_context
-def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path | None,
-        overrides: tuple[str, ...], gpus: str | None, devices: str | None, workers: int | None,
-        threads: int | None, shard: str | None, force: bool, wait: bool, dry_run: bool, log_file: Path | None, backend: str, scheduler: str | None,
-        quiet: bool) -> None:
+def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_spec: str | None,
+        output: Path | None, overrides: tuple[str, ...], gpus: str | None, devices: str | None,
+        workers: int | None, threads: int | None, shard: str | None, force: bool, wait: bool, dry_run: bool,
+        log_file: Path | None, backend: str, scheduler: str | None, quiet: bool, no_report: bool) -> None:
     """Run RECIPE over every image of --input, writing one result per image to --output.
 
     RECIPE is a recipe file or the name of a shipped recipe (see `rvgen recipes`).
 
     Images already made by the same recipe from the same input are skipped, so a rerun
-    finishes an interrupted batch."""
+    finishes an interrupted batch. OUTPUT/index.html shows the folder (--no-report: not)."""
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
-    from rvgen.imageio import FORMAT_NAMES
     from rvgen.batch.lock import OutputLock
     from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
     from rvgen.batch.sidecar import split_finished
     from rvgen.batch.summary import RunInfo, WorkerSpec
+    from rvgen.imageio import FORMAT_NAMES
     from rvgen.recipe import load_recipe
 
     verbose = bool(ctx.find_root().params.get("verbose"))
@@ -126,11 +129,18 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         raise UsageError("--gpus, --devices, --workers and --threads are for --backend local; "
                          "a Dask cluster has its own workers")
     shard_k_n = parse_shard(shard) if shard else None
-    recipe = resolve_recipe(recipe)
-    parsed = load_recipe(recipe, overrides)
+    if (recipe is None) == (from_image is None):
+        raise UsageError("give a RECIPE or --from IMAGE (one of them)")
+    if from_image is not None:
+        parsed = _recipe_from_image(from_image, overrides)
+        stem = Path(parsed.source).stem
+    else:
+        recipe = resolve_recipe(recipe)
+        parsed = load_recipe(recipe, overrides)
+        stem = recipe.stem
     specs = ([WorkerSpec("dask", scheduler)] if scheduler
              else worker_specs(resolve_devices(gpus, devices), workers, threads=threads))
-    output = output or Path("rvgen-out") / recipe.stem
+    output = output or Path("rvgen-out") / stem
     check_folder(output, "--output")
     if log_file is not None:
         check_folder(log_file.parent, "--log-file", log_file)
@@ -164,6 +174,11 @@ def run(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path |
         screen = reporter
         log = JsonLogReporter(log_file, sys.argv, warn=lambda text: screen.say(text, "yellow"))
         reporter = Tee(log, screen)
+    if not no_report:
+        from rvgen.report import PageReporter
+
+        reporter = Tee(reporter, PageReporter(output, key.recipe, parsed.source,
+                                              on_error=lambda line: click.echo(f"Warning: {line}", err=True)))
 
     def waiting(line: str) -> None:
         if not quiet:
@@ -208,6 +223,31 @@ def make_folder(path: Path, option: str) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write in it ({exc.strerror or exc})") from None
+
+
+def _provenance(image: Path) -> dict:
+    from rvgen.batch.sidecar import read_provenance
+
+    if not image.is_file():
+        raise UsageError(f"{image}: file not found")
+    data = read_provenance(image)
+    if data is None:
+        raise UsageError(f"{image}: says nothing of how it was made (no rvgen metadata in it, no sidecar beside it)")
+    return data
+
+
+def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
+    """The recipe ``image`` records, with ``--set`` overrides, validated as a recipe file is."""
+    from rvgen.recipe import apply_overrides, parse_recipe
+
+    data = _provenance(image)
+    recorded = data["recipe"]
+    resolved, cwd_keys = apply_overrides(recorded["resolved"], overrides)
+    parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(recorded.get("source") or image))
+    if not overrides and recorded.get("digest") and parsed.digest() != recorded["digest"]:
+        click.echo(f"Warning: {image}: this rvgen resolves its recipe to digest {parsed.digest()}, not the recorded "
+                   f"{recorded['digest']}; results may differ", err=True)
+    return parsed
 
 
 def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Path, shard: str | None) -> None:
@@ -331,6 +371,54 @@ def plugins(as_json: bool, markdown: bool) -> None:
 
 
 @cli.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+def report(output: Path) -> None:
+    """Write OUTPUT/index.html again, from the folder's sidecars and record alone."""
+    from rvgen.report import write_report
+
+    if not output.is_dir():
+        raise UsageError(f"{output}: no such folder")
+    path, view = write_report(output)
+    click.echo(f"{path}: {len(view.results)} done, {len(view.failures)} failed, {len(view.pending)} not yet made")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Everything the image records, as JSON.")
+def info(image: Path, as_json: bool) -> None:
+    """How IMAGE (a result of rvgen) was made: recipe, seeds, input, losses, versions.
+
+    Remake it with: rvgen run --from IMAGE --input THE_INPUT"""
+    from rvgen.recipe import recipe_toml
+
+    data = _provenance(image)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    recipe, inp, loss = data["recipe"], data.get("input", {}), data.get("loss") or {}
+    versions = data.get("versions") or {}
+    lines = [
+        f"image:      {image}" + (f" ({data['size'][0]}x{data['size'][1]})" if data.get("size") else ""),
+        f"made by:    rvgen {versions.get('rvgen', '?')} (torch {versions.get('torch', '?')}, "
+        f"python {versions.get('python', '?')}) on {data.get('device', '?')}",
+        f"input:      {inp.get('name', '?')} (sha256 {inp.get('sha256', '?')})"
+        + (f", variation {data['variation']}" if data.get("variation") else ""),
+        f"recipe:     {recipe.get('source', '?')} (digest {recipe.get('digest', '?')})",
+        "seeds:      " + (", ".join(f"{k} = {v}" for k, v in (data.get("seeds") or {}).items()) or "-"),
+    ]
+    for name, digest in (data.get("references") or {}).items():
+        lines.append(f"reference:  {name} (sha256 {digest})")
+    if "final" in loss:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in (loss.get("terms") or {}).items())
+        lines.append(f"loss:       {loss.get('initial', float('nan')):.4g} -> {loss['final']:.4g}"
+                     + (f" ({terms})" if terms else ""))
+    lines.append(f"iterations: {data.get('iterations', '?')} in {float(data.get('seconds', 0)):.1f} s")
+    click.echo("\n".join(lines))
+    click.echo("\n# the resolved recipe (rvgen run --from IMAGE runs it again)")
+    click.echo(recipe_toml(recipe["resolved"]), nl=False)
+
+
+@cli.command()
 def recipes() -> None:
     """List the recipes shipped with rvgen (run one by name: rvgen run NAME)."""
     from rvgen.shipped import description, recipes_dir, shipped
@@ -427,15 +515,17 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     comparison = cmp.run_comparison(columns, recipes, inputs, output, specs, on_result=report,
                                     on_column=announce, on_failure=failed)
     wall = time.perf_counter() - start
-    paths = cmp.write_outputs(comparison, output, {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES,
-                                                   "devices": device_list, "wall_seconds": wall})
+    meta = {"recipe": str(recipe), "input": input_spec or DEFAULT_SAMPLES, "devices": device_list,
+            "wall_seconds": wall}
+    paths = cmp.write_outputs(comparison, output, meta)
+    paths["page"] = cmp.write_page(comparison, output, meta)
     summary = comparison.summary()
     console.print(cmp.summary_table(comparison, summary))
     pivot = cmp.layer_table(comparison, summary)
     if pivot is not None:
         console.print(pivot)
-    console.print(f"wall time {wall:.0f} s; sheet {paths['sheet']}, tables {paths['summary']}, {paths['csv']}, "
-                  f"{paths['json']}", highlight=False)
+    console.print(f"wall time {wall:.0f} s; page {paths['page']}, sheet {paths['sheet']}, tables {paths['summary']}, "
+                  f"{paths['csv']}, {paths['json']}", highlight=False)
     if comparison.failures:
         console.print(f"{len(comparison.failures)} result(s) failed; see above", style="red", highlight=False)
         ctx.exit(1)

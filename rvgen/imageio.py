@@ -19,14 +19,15 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+from xml.sax.saxutils import escape, unescape
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError, features
 
 from rvgen.errors import ImageError, RecipeError
 
@@ -340,17 +341,53 @@ def _sync_folder(folder: Path) -> None:
 
 
 def save_image(image: torch.Tensor, path: Path, fmt: str = "png", quality: int = 95,
-               alpha: Image.Image | None = None) -> None:
+               alpha: Image.Image | None = None, metadata: Mapping[str, str] | None = None) -> None:
     """Write atomically: the file is either complete or absent. With ``alpha`` (mode ``L``,
-    resized to the image if need be), PNG and WebP are written RGBA; JPEG has no alpha."""
+    resized to the image if need be), PNG and WebP are written RGBA; JPEG has no alpha.
+    ``metadata`` (name -> text) goes into the file: PNG text chunks (compressed iTXt), an XMP
+    packet in JPEG and WebP (:func:`read_metadata` reads either back)."""
     pil = to_pil(image)
     if alpha is not None and fmt != "jpg":
         pil.putalpha(alpha if alpha.size == pil.size else alpha.resize(pil.size, Image.Resampling.LANCZOS))
-    options = {"quality": quality} if fmt in ("jpg", "webp") else {}
+    options: dict[str, Any] = {"quality": quality} if fmt in ("jpg", "webp") else {}
+    if metadata:
+        options.update(_metadata_options(fmt, metadata))
     try:
         _atomic_write(path, lambda f: pil.save(f, format=SAVE_FORMATS[fmt], **options))
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+XMP_NAMESPACE = "https://github.com/rvgen/rvgen/ns/1.0/"
+XMP_LIMIT = 65000  # a JPEG segment holds at most 64 KiB; a larger XMP packet is left out
+
+
+def _metadata_options(fmt: str, metadata: Mapping[str, str]) -> dict[str, Any]:
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        for name, text in metadata.items():
+            info.add_itxt(name, text, zip=True)
+        return {"pnginfo": info}
+    fields = "".join(f"<rvgen:{name}>{escape(text)}</rvgen:{name}>" for name, text in metadata.items())
+    packet = ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+              '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              f'<rdf:Description rdf:about="" xmlns:rvgen="{XMP_NAMESPACE}">{fields}</rdf:Description>'
+              '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()
+    return {"xmp": packet} if len(packet) <= XMP_LIMIT else {}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The text :func:`save_image` put into an image (``{}`` when none, or not an image)."""
+    try:
+        with Image.open(path) as img:
+            texts = dict(getattr(img, "text", {}) or {})
+            xmp = img.info.get("xmp")
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    if isinstance(xmp, bytes):
+        for name, text in re.findall(rb"<rvgen:(\w+)>(.*?)</rvgen:\1>", xmp, re.S):
+            texts.setdefault(name.decode(), unescape(text.decode("utf-8", "replace")))
+    return {k: v for k, v in texts.items() if isinstance(v, str)}
 
 
 def write_json(data: Any, path: Path) -> None:

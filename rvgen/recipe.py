@@ -8,6 +8,7 @@ relative to the recipe file; values given with ``--set`` are relative to the wor
 The recipe digest (:meth:`Recipe.digest`) says whether an earlier result is still valid.
 It hashes the resolved recipe, leaving out keys declared ``digest_neutral`` while they hold
 their default: a key added later whose default reproduces earlier results changes no digest.
+:func:`recipe_toml` writes a resolved recipe back as TOML that loads into the same recipe.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -115,6 +118,10 @@ class Recipe:
             "terms": [asdict(t) for t in self.terms],
         }
 
+    def to_toml(self) -> str:
+        """The resolved recipe as a recipe file (:func:`recipe_toml`)."""
+        return recipe_toml(self.to_dict())
+
     def options(self, section: str) -> dict[str, Any]:
         """The validated options of the ``task`` or ``backbone`` table, without its ``name``."""
         return {k: v for k, v in getattr(self, section).items() if k != "name"}
@@ -187,6 +194,46 @@ def _loads(text: str, where: str) -> dict[str, Any]:
     if data is None or depth(data) > MAX_DEPTH:
         raise RecipeError(f"{where}: tables and arrays nested more than {MAX_DEPTH} levels deep")
     return data
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")) if not math.isfinite(value) \
+            else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _toml_table(values: Mapping[str, Any]) -> list[str]:
+    ordered = sorted(values.items(), key=lambda item: item[0] != "name")  # the plugin's name first
+    return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in ordered if v is not None]
+
+
+def recipe_toml(resolved: Mapping[str, Any]) -> str:
+    """A resolved recipe (:meth:`Recipe.to_dict`, or a sidecar's ``recipe.resolved``) as TOML.
+
+    Keys left unset (``None``, the default of every nullable key) are left out, so the text
+    loads (:func:`parse_recipe`) into a recipe with the same digest."""
+    lines = [f"description = {_toml_value(resolved['description'])}"] if resolved.get("description") else []
+    for section in ("task", "backbone", "optimizer", "output"):
+        if resolved.get(section):
+            lines += ["", f"[{section}]", *_toml_table(resolved[section])]
+    for name, options in (resolved.get("losses") or {}).items():
+        lines += ["", f"[losses.{_toml_key(name)}]", *_toml_table(options)]
+    for term in resolved.get("terms") or []:
+        lines += ["", "[[terms]]", *_toml_table(term)]
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def parse_value(text: str, key: str = "value") -> Any:

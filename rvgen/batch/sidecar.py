@@ -14,6 +14,11 @@ again. Hashing every input on every run would read the whole folder, so an input
 and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
 fields they do not check (``history``, ``loss``, ``versions``, ...).
 
+The image carries the sidecar's essentials too (:func:`provenance`: the version, the
+resolved recipe, its seeds, the input's hash, the losses), as text in the file
+(:func:`rvgen.imageio.save_image`), so a result copied out of its folder still says how it
+was made (:func:`read_provenance`; ``rvgen info``, ``rvgen run --from``).
+
 :class:`RunKey` (the recipe digest and the reference hashes) lives here too, not in a module
 of its own: it is exactly the part of a sidecar a rerun compares against, so writing,
 reading and the key stay in one file and the format cannot drift between two.
@@ -26,7 +31,7 @@ import json
 import os
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +69,12 @@ class RunKey:
 
     recipe: str  # Recipe.digest()
     references: Mapping[str, str]  # reference name -> file digest
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # reference name -> its file
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str]) -> RunKey:
-        return cls(recipe_digest, {name: file_digest(src) for name, src in sorted(references.items())})
+        ordered = dict(sorted(references.items()))
+        return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -81,6 +88,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
         "variation": job.variation,
         "recipe": {"source": recipe.source, "digest": key.recipe, "resolved": recipe.to_dict()},
         "references": dict(key.references),
+        "reference_files": dict(key.sources),
         "size": list(result.image.shape[-2:][::-1]),
         "loss": {"initial": result.initial_loss, "final": result.loss, "terms": result.parts},
         "history": [[int(iteration), float(loss)] for iteration, loss in result.history],
@@ -94,18 +102,43 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
     return data
 
 
-def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None = None) -> None:
+PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
+PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
+                     "seconds", "device", "versions")
+
+
+def seeds(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The seeds of a resolved recipe, by dotted key (``task.seed``, ``backbone.seed``)."""
+    return {f"{table}.{name}": value for table in ("task", "backbone")
+            for name, value in (resolved.get(table) or {}).items() if name == "seed" or name.endswith("_seed")}
+
+
+def provenance(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What a result's image carries of its sidecar ``data``: everything but the input's
+    file path (which says nothing away from this machine), and the seeds spelled out."""
+    out = {name: data[name] for name in PROVENANCE_FIELDS if name in data}
+    out["input"] = {k: v for k, v in data["input"].items() if k in ("name", "sha256")}
+    out["seeds"] = seeds(data["recipe"]["resolved"])
+    return out
+
+
+def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None = None,
+                metadata: Mapping[str, str] | None = None) -> None:
     """A result (or a step towards it, at ``path``) in the recipe's format, with the input's
-    alpha channel if it has one, resized to the image."""
+    alpha channel if it has one, resized to the image, and ``metadata`` in the file."""
     alpha = imageio.load_alpha(job.source, tuple(image.shape[-2:][::-1]))
-    imageio.save_image(image, path or job.output, recipe.output["format"], recipe.output["quality"], alpha)
+    imageio.save_image(image, path or job.output, recipe.output["format"], recipe.output["quality"], alpha,
+                       metadata)
 
 
 def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
                  threads: int | None = None) -> None:
-    """The image first, then its sidecar: a sidecar is only ever beside a complete image."""
-    write_image(recipe, job, result.image)
-    imageio.write_json(sidecar(recipe, key, job, result, device, threads), job.sidecar)
+    """The image (carrying its :func:`provenance`) first, then its sidecar: a sidecar is only
+    ever beside a complete image."""
+    data = sidecar(recipe, key, job, result, device, threads)
+    text = json.dumps(provenance(data), sort_keys=True, default=str)
+    write_image(recipe, job, result.image, metadata={PROVENANCE_KEY: text})
+    imageio.write_json(data, job.sidecar)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -117,6 +150,26 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_provenance(image: Path) -> dict[str, Any] | None:
+    """How ``image`` was made: the provenance it carries, else that of the sidecar beside it
+    (a result written before images carried it); ``None`` when neither says."""
+    text = imageio.read_metadata(image).get(PROVENANCE_KEY)
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+            return data
+    data = read_sidecar(image.with_name(image.name + ".json"))
+    if data is None or not isinstance(data.get("recipe"), dict) or not isinstance(data.get("input"), dict):
+        return None
+    try:
+        return provenance(data)
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _same_input(recorded: Mapping[str, Any], source: str) -> bool:

@@ -88,7 +88,8 @@ def write_outputs(comparison: Comparison, output: Path, meta: dict[str, Any]) ->
     return paths
 
 
-def _cell(stat: dict[str, Any], digits: int) -> str:
+def mean_std(stat: dict[str, Any], digits: int) -> str:
+    """A statistic of :meth:`Comparison.summary` as ``mean ± std`` (``-`` without values)."""
     if stat["n"] == 0 or math.isnan(stat["mean"]):
         return "-"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
@@ -110,7 +111,7 @@ def summary_table(comparison: Comparison, summary: list[dict[str, Any]]) -> Any:
         table.add_column(f"Δ{_short(headline.label)} vs 1st backbone ± s.e.", justify="right")
     table.add_column("seconds", justify="right")
     for row in summary:
-        cells = [_cell(row[m.name], m.digits) for m in comparison.metrics]
+        cells = [mean_std(row[m.name], m.digits) for m in comparison.metrics]
         if headline:
             delta, d = row["delta"], headline.digits
             cells.append("-" if delta["n"] == 0 else f"{delta['mean']:+.{d}f} ± {delta['se']:.{d}f}")
@@ -129,7 +130,7 @@ def layer_table(comparison: Comparison, summary: list[dict[str, Any]]) -> Any | 
     rows: dict[str, dict[str, str]] = {}
     for column, row in zip(comparison.columns, summary):
         key = column.spec + (f" seed {column.seed}" if column.seed is not None else "")
-        rows.setdefault(key, {})[column.layer] = _cell(row[headline.name], headline.digits)
+        rows.setdefault(key, {})[column.layer] = mean_std(row[headline.name], headline.digits)
     table = Table(title=f"{headline.label} by layer (mean ± std)", title_justify="left")
     table.add_column("backbone", overflow="fold")
     for layer in layers:
