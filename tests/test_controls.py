@@ -164,7 +164,7 @@ def cli_run(tmp_path, recipe, *sets):
     result = CliRunner().invoke(cli, ["run", str(recipe), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                                       "-q", "--force", *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
-    return sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    return sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".") and p.name != "index.html")
 
 
 def test_save_every_writes_the_steps_beside_the_result_and_keep_steps_false_removes_them(tmp_path):
