@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--halos", default="full", help="comma list of halos in px, or 'full' (the exact one)")
     parser.add_argument("--adam", type=int, metavar="SIZE", help="compare a whole Adam run, tile 256 vs untiled")
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2, help="timed evaluations per case (the fastest counts)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -119,8 +120,8 @@ def main() -> None:
           "loss rel. diff | grad-norm rel. diff |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for size in (int(s) for s in args.sizes.split(",")):
-        whole = run_case({"size": size, "tile": None, "halo": None})
-        rows = [whole] + [run_case({"size": size, "tile": int(t), "halo": h})
+        whole = run_case({"size": size, "tile": None, "halo": None, "repeats": args.repeats})
+        rows = [whole] + [run_case({"size": size, "tile": int(t), "halo": h, "repeats": args.repeats})
                           for t in args.tiles.split(",") if int(t) < size for h in halos]
         for r in rows:
             if "error" in r:

@@ -32,6 +32,8 @@ else:  # pragma: no cover
 from rvgen import stacked
 from rvgen.backbones import Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
+from rvgen.engine.lbfgs import TOLERANCE_WINDOW
+from rvgen.engine.parametrize import PARAMETRIZATIONS
 from rvgen.engine.precision import PRECISIONS
 from rvgen.errors import RecipeError
 from rvgen.params import MAX_SIZE, REQUIRED, Context, Param, describe, suggest, unknown, validate
@@ -48,6 +50,11 @@ OPTIMIZER_PARAMS = (
     Param("lr", float, None, "step size (default: 1.0 for lbfgs, 0.02 for adam)", minimum=0.0, nullable=True),
     Param("history", int, 50, "L-BFGS history size", minimum=1, maximum=1000),
     Param("line_search", bool, True, "L-BFGS strong-Wolfe line search: without it, starts from noise can stall"),
+    Param("parametrization", str, "pixels", "what the optimiser moves: the pixels, or fourier (a colour-decorrelated, "
+          "1/f-scaled image; the same minima, another path)", choices=PARAMETRIZATIONS, digest_neutral=True),
+    Param("tolerance", float, 0.0, "L-BFGS stops an image once its loss fell by less than this fraction over the "
+          f"last {TOLERANCE_WINDOW} iterations (0: it runs all its iterations)", minimum=0.0, maximum=1.0,
+          digest_neutral=True),
     Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 (TF32 on CUDA) "
           "or bf16; Grams and losses are always fp32", choices=PRECISIONS),
     Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
@@ -82,7 +89,7 @@ TERM_PARAMS = (
 )
 
 
-OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search")
+OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search", "parametrization", "tolerance")
 EXECUTION_FIELDS = ("precision", "batch_size", "tile_size")
 PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations")
 
@@ -352,6 +359,8 @@ def parse_recipe(
     description = data.get("description", "")
     if not isinstance(description, str):
         raise RecipeError("description: expected a string")
+    if optimizer["tolerance"] and optimizer["name"] != "lbfgs":
+        raise RecipeError(f"optimizer.tolerance: only lbfgs stops on it; {optimizer['name']} runs all its iterations")
     if optimizer["tile_size"] is not None:
         _check_tileable([*task_terms, *terms], backbone, backbone_name, registry)
     neutral = neutral_defaults("task", task_opts, task_cls.params) | neutral_defaults(

@@ -388,6 +388,7 @@ def kept_images_match_outputs(done, out: Path) -> None:
         assert [list(p) for p in event.history] == data["history"] and data["history"]
 
 
+@pytest.mark.slow
 def test_run_jobs_keeps_each_image_for_the_caller_from_worker_processes(tmp_path):
     from rvgen.batch.events import ImageDone
     from rvgen.batch.jobs import plan_jobs

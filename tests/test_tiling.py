@@ -93,11 +93,11 @@ def reconstruct_synth(**optimizer) -> Synthesizer:
     return synth
 
 
-@pytest.mark.parametrize("name", ["lbfgs", "adam"])
-def test_a_tiled_optimisation_follows_the_untiled_one(name):
+@pytest.mark.parametrize("name,parametrization", [("lbfgs", "pixels"), ("adam", "pixels"), ("lbfgs", "fourier")])
+def test_a_tiled_optimisation_follows_the_untiled_one(name, parametrization):
     content = sample("coffee", 96)
-    whole = reconstruct_synth(name=name).run(content)
-    synth = reconstruct_synth(name=name, tile_size=32)
+    whole = reconstruct_synth(name=name, parametrization=parametrization).run(content)
+    synth = reconstruct_synth(name=name, parametrization=parametrization, tile_size=32)
     tiled = synth.run(content)
     assert synth.objective.tile_size == 32 and len(synth.objective.tile_plan((64, 96))) == 6
     assert tiled.loss == pytest.approx(whole.loss, rel=1e-3)

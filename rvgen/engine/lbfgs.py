@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 C1, C2 = 1e-4, 0.9  # sufficient decrease and curvature constants of the Wolfe conditions
 MAX_LINE_SEARCH = 25
 CURVATURE_EPS = 1e-10  # a pair (s, y) with yᵀs below this is not added to the history
+TOLERANCE_WINDOW = 10  # iterations over which ``tolerance`` measures the loss's relative fall
 
 Evaluate = Callable[[torch.Tensor, "list[int] | None"], tuple[torch.Tensor, torch.Tensor]]
 """(k, n) points of rows ``rows`` (None: all B rows) -> ((k,) losses, (k, n) gradients)."""
@@ -134,6 +135,8 @@ class ImageState:
     search: LineSearch | None = None
     phase: str = "new"  # new (needs a direction) | search | reeval | done
     error: str | None = None
+    recent: list[float] = field(default_factory=list)  # losses of the last iterations (for tolerance)
+    converged: bool = False  # stopped by ``tolerance`` before its iterations
 
 
 def batched_lbfgs(
@@ -143,13 +146,16 @@ def batched_lbfgs(
     lr: float = 1.0,
     history: int = 50,
     line_search: bool = True,
+    tolerance: float = 0.0,
     max_evaluations: int | None = None,
     on_iteration: Callable[[int, ImageState, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, list[ImageState]]:
     """Minimise B independent functions of (B, n) ``x0`` rows; returns the points and states.
 
     ``evaluate`` gives every row's loss and gradient in one call. An image whose loss
-    becomes non-finite stops with ``state.error`` set; the others go on.
+    becomes non-finite stops with ``state.error`` set; the others go on. With ``tolerance``
+    > 0 an image also stops once its loss fell by less than that fraction over the last
+    :data:`TOLERANCE_WINDOW` iterations (``state.converged``).
     ``on_iteration(b, state, point)`` is called after each of image b's iterations, with the
     row it moved to (a view, valid during the call: copy it to keep it).
     """
@@ -280,7 +286,11 @@ def batched_lbfgs(
             take[i] = True
             if on_iteration is not None:
                 on_iteration(i, st, trial[i])
-            if st.iterations >= iterations or st.evaluations >= max_evaluations:
+            if tolerance > 0:
+                st.recent = [*st.recent[-TOLERANCE_WINDOW:], value]
+                old = st.recent[0]
+                st.converged = len(st.recent) > TOLERANCE_WINDOW and old - value <= tolerance * abs(old)
+            if st.iterations >= iterations or st.evaluations >= max_evaluations or st.converged:
                 st.phase = "done"
             else:
                 st.phase = "new"

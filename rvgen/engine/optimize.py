@@ -18,6 +18,7 @@ import torch
 
 from rvgen.engine.lbfgs import Evaluate, batched_lbfgs
 from rvgen.engine.objective import Objective
+from rvgen.engine.parametrize import Pixels, parametrization
 from rvgen.errors import OptimizationError
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
@@ -37,6 +38,8 @@ class OptimizerConfig:
     lr: float | None = None
     history: int = 50
     line_search: bool = True
+    parametrization: str = "pixels"
+    tolerance: float = 0.0
 
     @property
     def learning_rate(self) -> float:
@@ -123,10 +126,11 @@ def optimize_batch(
         if callback is not None:
             callback(i, progress)
 
+    param = parametrization(config.parametrization, tuple(x0.shape[-2:]), x0.device)
     if config.name == "lbfgs":
-        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, record, snapshot_at)
+        x, iterations, evaluations, initial, errors = _lbfgs(objective, x0, config, record, snapshot_at, param)
     elif config.name == "adam":
-        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, record, snapshot_at)
+        x, iterations, evaluations, initial, errors = _adam(objective, x0, config, record, snapshot_at, param)
     else:
         raise ValueError(f"unknown optimizer {config.name!r}")
     x = x.clamp(0, 1)
@@ -208,40 +212,62 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
     return evaluate
 
 
-def _snapshot(point: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """A copy of one image, (1, 3, H, W) in [0, 1], as the result would be at this point."""
-    return point.detach().reshape(1, *shape).clamp(0, 1).clone()
+def _snapshot(point: torch.Tensor, shape: tuple[int, ...], param=Pixels()) -> torch.Tensor:
+    """A copy of one image, (1, 3, H, W) in [0, 1], as the result would be at this point
+    (``point``: the optimiser's variable for it)."""
+    return param.to_image(point.detach().reshape(1, *shape)).clamp(0, 1).clone()
 
 
-def _lbfgs(objective, x0, config, callback, snapshot_at=None):
+def reparametrized(evaluate: Evaluate, param, shape: torch.Size) -> Evaluate:
+    """``evaluate`` (of flat images) as a function of the flat variables ``z`` of ``param``:
+    the images are ``param.to_image(z)`` and the gradient comes back through its adjoint."""
+    if isinstance(param, Pixels):
+        return evaluate
+
+    def of_z(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        z = flat.view(-1, *shape[1:])
+        loss, grad = evaluate(param.to_image(z).reshape(z.shape[0], -1), rows)
+        return loss, param.adjoint(grad.view(z.shape)).reshape(z.shape[0], -1)
+
+    return of_z
+
+
+def _lbfgs(objective, x0, config, callback, snapshot_at=None, param=Pixels()):
     shape = x0.shape
-    flat = x0.detach().reshape(shape[0], -1).contiguous()
+    flat = param.from_image(x0.detach()).reshape(shape[0], -1).contiguous()
 
     def on_iteration(i, state, point):
         if callback is not None:
             iteration = min(state.iterations, config.iterations)
-            image = _snapshot(point, shape[1:]) if snapshot_at is not None and snapshot_at(iteration) else None
+            take = snapshot_at is not None and snapshot_at(iteration)
+            image = _snapshot(point, shape[1:], param) if take else None
             callback(i, Progress(iteration, config.iterations, state.loss, image))
 
-    x, states = batched_lbfgs(
-        evaluator(objective, shape), flat, config.iterations, lr=config.learning_rate,
-        history=config.history, line_search=config.line_search, on_iteration=on_iteration,
+    z, states = batched_lbfgs(
+        reparametrized(evaluator(objective, shape), param, shape), flat, config.iterations,
+        lr=config.learning_rate, history=config.history, line_search=config.line_search,
+        tolerance=config.tolerance, on_iteration=on_iteration,
     )
-    return (x.view(shape), [s.iterations for s in states], [s.evaluations for s in states],
+    return (param.to_image(z.view(shape)), [s.iterations for s in states], [s.evaluations for s in states],
             [s.initial_loss for s in states], [s.error for s in states])
 
 
-def _adam(objective, x0, config, callback, snapshot_at=None):
+def _adam(objective, x0, config, callback, snapshot_at=None, param=Pixels()):
     b = x0.shape[0]
     tiled = objective.tile_plan(tuple(x0.shape[-2:])) is not None
-    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+    pixels = isinstance(param, Pixels)  # else the image is param.to_image(x), kept in range by the pull
+    evaluate = None if pixels else reparametrized(evaluator(objective, x0.shape), param, x0.shape)
+    x = param.from_image(x0.detach()).clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.learning_rate)
     initial = [math.nan] * b
     errors: list[str | None] = [None] * b
     last_report = time.perf_counter()
     for it in range(1, config.iterations + 1):
         opt.zero_grad(set_to_none=False)
-        if tiled:
+        if evaluate is not None:
+            total, grad = evaluate(x.detach().reshape(b, -1), None)
+            x.grad = grad.view(x.shape)
+        elif tiled:
             total, x.grad = objective.value_and_grad(x.detach())
         else:
             total, _ = objective(x)
@@ -260,11 +286,12 @@ def _adam(objective, x0, config, callback, snapshot_at=None):
                 if errors[i] is None and not math.isfinite(value):
                     errors[i] = f"the loss became {value} by iteration {it}"
         opt.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
+        if pixels:
+            with torch.no_grad():
+                x.clamp_(0, 1)
         if values is not None and callback is not None:  # a snapshot is the image after this step
             for i, value in enumerate(values):
                 if errors[i] is None:
-                    image = _snapshot(x[i], x.shape[1:]) if snapshot else None
+                    image = _snapshot(x[i], x.shape[1:], param) if snapshot else None
                     callback(i, Progress(it, config.iterations, value, image))
-    return x.detach(), [config.iterations] * b, [config.iterations] * b, initial, errors
+    return param.to_image(x.detach()), [config.iterations] * b, [config.iterations] * b, initial, errors

@@ -1,0 +1,165 @@
+"""Deep-layer inversions: what each optimisation lever gives, layer by layer.
+
+The protocol of docs/research.md: invert relu1_1..relu5_1 of the random VGG-19 (the
+``reconstruct`` task, from white noise) for five photos at 128 px, and score each result by
+PSNR and SSIM against its photo. A lever is a set of recipe overrides on top of
+``recipes/reconstruct.toml``; each prints one row of mean ± std per layer, with the loss's
+fall (final / initial) and the seconds per image. Results are cached as PNGs with their
+scores under --work, so a rerun only makes what is missing.
+
+    python benchmarks/inversion.py                               # every lever, 128 px
+    python benchmarks/inversion.py --levers shipped,fourier --layers relu4_1,relu5_1
+    python benchmarks/inversion.py --size 256 --photos astronaut,tubingen --levers shipped
+    python benchmarks/inversion.py --seeds relu4_1,relu5_1       # two noise seeds, one lever
+    python benchmarks/inversion.py --sheet docs/images/inversion.jpg --levers shipped
+
+``--seeds`` inverts each photo from two different noise images with the same lever and
+reports how close the two results are to each other: two images with the same features at
+a layer that differ from each other are the network's ambiguity, not the optimiser's.
+
+Not part of the test suite: the full table is about an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
+
+from rvgen import imageio, metrics  # noqa: E402
+from rvgen.recipe import load_recipe  # noqa: E402
+from rvgen.sheet import contact_sheet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "reconstruct.toml"
+TUBINGEN = ROOT.parent / "shared" / "images" / "tubingen.jpg"
+LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "tubingen")
+LEVERS = {
+    "150 iterations": ["optimizer.iterations=150"],
+    "shipped": [],
+    "1000 iterations": ["optimizer.iterations=1000"],
+    "coarse to fine": ["optimizer.scales=3"],
+    "fourier": ["optimizer.parametrization=fourier"],
+    "fourier, 1000": ["optimizer.parametrization=fourier", "optimizer.iterations=1000"],
+    "normal 0.015 init": ["backbone.init=normal", "backbone.std=0.015"],
+    "max pooling": ["backbone.pooling=max"],
+    "tv 0.5 (a prior)": ["task.tv_weight=0.5"],
+    "tolerance 1e-3, 1000": ["optimizer.tolerance=0.001", "optimizer.iterations=1000"],
+}
+
+
+def source(photo: str) -> str:
+    if photo == "tubingen":
+        return str(TUBINGEN) if TUBINGEN.exists() else "skimage:immunohistochemistry"
+    return photo if ":" in photo or "/" in photo else f"skimage:{photo}"
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")
+
+
+def one(lever: str, overrides: list[str], layer: str, photo: str, size: int, seed: int, work: Path) -> dict:
+    """Invert ``layer`` of ``photo`` with ``overrides`` (cached)."""
+    stem = work / f"{size}px" / slug(lever) / f"{layer}-{photo}-seed{seed}"
+    if stem.with_suffix(".json").exists():
+        return json.loads(stem.with_suffix(".json").read_text())
+    torch.set_num_threads(1)
+    recipe = load_recipe(RECIPE, [f"output.size={size}", f"task.layer={layer}", f"task.seed={seed}", *overrides])
+    synth = recipe.build("cpu")
+    synth.set_references({})
+    content = imageio.load_image(source(photo), size)
+    start = time.perf_counter()
+    result = synth.run(content)
+    seconds = time.perf_counter() - start
+    row = {"lever": lever, "layer": layer, "photo": photo, "seed": seed, "size": size,
+           "psnr": metrics.psnr(result.image, content), "ssim": metrics.ssim(result.image, content),
+           "fall": result.loss / result.initial_loss if result.initial_loss else math.nan,
+           "iterations": result.iterations, "seconds": seconds}
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    imageio.to_pil(result.image).save(stem.with_suffix(".png"))
+    stem.with_suffix(".json").write_text(json.dumps(row))
+    return row
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(rows: list[dict], levers: list[str], layers: list[str]) -> str:
+    lines = ["| lever | " + " | ".join(layers) + " | loss fall at " + layers[-1] + " | s / image |",
+             "| --- | " + " | ".join("---:" for _ in layers) + " | ---: | ---: |"]
+    for lever in levers:
+        mine = [r for r in rows if r["lever"] == lever]
+        cells = [mean_std([r["psnr"] for r in mine if r["layer"] == layer]) for layer in layers]
+        deepest = [r["fall"] for r in mine if r["layer"] == layers[-1]]
+        fall = f"{statistics.mean(deepest):.1e}" if deepest else "-"
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        lines.append(f"| {lever} | " + " | ".join(cells) + f" | {fall} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levers", default=",".join(LEVERS), help="comma list of: " + ", ".join(LEVERS))
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--photos", default=",".join(PHOTOS))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--jobs", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--seeds", metavar="LAYERS", help="two noise seeds per photo at these layers, one lever")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet (photos x layers) of the first lever")
+    parser.add_argument("--work", type=Path, default=ROOT / "rvgen-out" / "inversion")
+    args = parser.parse_args()
+    levers = [lever.strip() for lever in args.levers.split(",")]
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        parser.error(f"unknown lever {unknown[0]!r}; choose from: {', '.join(LEVERS)}")
+    layers, photos = args.layers.split(","), args.photos.split(",")
+    seeds = [0, 1] if args.seeds else [0]
+    if args.seeds:
+        layers, levers = args.seeds.split(","), levers[:1]
+    jobs = [(lever, LEVERS[lever], layer, photo, args.size, seed, args.work)
+            for lever in levers for layer in layers for photo in photos for seed in seeds]
+    rows = Parallel(n_jobs=args.jobs)(delayed(one)(*job) for job in jobs)
+    print(f"PSNR dB against the photo, mean ± std over {len(photos)} photos at {args.size} px "
+          f"({', '.join(photos)}); loss fall = final / initial loss\n")
+    if not args.seeds:
+        print(table(rows, levers, layers))
+        print("\nSSIM:\n")
+        print(table([{**r, "psnr": r["ssim"] * 100} for r in rows], levers, layers).replace("lever |", "lever (SSIM x 100) |", 1))
+    else:
+        print(f"| {levers[0]} | PSNR to the photo, seed 0 | seed 1 | PSNR between the two results | loss fall |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for layer in layers:
+            a = [r for r in rows if r["layer"] == layer and r["seed"] == 0]
+            b = [r for r in rows if r["layer"] == layer and r["seed"] == 1]
+            between = [metrics.psnr(*(imageio.load_image(str(args.work / f"{args.size}px" / slug(levers[0])
+                                                             / f"{layer}-{p}-seed{s}.png"), args.size)
+                                      for s in (0, 1))) for p in photos]
+            print(f"| {layer} | {mean_std([r['psnr'] for r in a])} | {mean_std([r['psnr'] for r in b])} | "
+                  f"{mean_std(between)} | {statistics.mean(r['fall'] for r in a + b):.1e} |")
+    if args.sheet:
+        images = [[imageio.load_image(source(p), args.size)] +
+                  [imageio.load_image(str(args.work / f"{args.size}px" / slug(levers[0]) / f"{layer}-{p}-seed0.png"),
+                                      args.size) for layer in layers] for p in photos]
+        captions = [[""] + [f"{next(r['psnr'] for r in rows if r['photo'] == p and r['layer'] == layer and r['lever'] == levers[0]):.1f} dB"
+                            for layer in layers] for p in photos]
+        sheet = contact_sheet(photos, ["photo", *layers], images, captions, cell=args.size)
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        sheet.convert("RGB").save(args.sheet, quality=88)
+        print(f"\nsheet: {args.sheet}")
+
+
+if __name__ == "__main__":
+    main()
