@@ -51,6 +51,8 @@ LEVERS = {
     "coarse to fine": ["optimizer.scales=3"],
     "fourier": ["optimizer.parametrization=fourier"],
     "fourier, 1000": ["optimizer.parametrization=fourier", "optimizer.iterations=1000"],
+    "fourier, coarse to fine": ["optimizer.parametrization=fourier", "optimizer.scales=3"],
+    "coarse to fine, 500": ["optimizer.scales=3", "optimizer.iterations=500"],
     "normal 0.015 init": ["backbone.init=normal", "backbone.std=0.015"],
     "max pooling": ["backbone.pooling=max"],
     "tv 0.5 (a prior)": ["task.tv_weight=0.5"],
