@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from rvgen import imageio, metrics, shipped
-from rvgen.engine.synth import Synthesizer, reference_sources
 from rvgen.recipe import load_recipe
 from rvgen.sheet import contact_sheet
 
@@ -49,11 +48,11 @@ def make(path: Path, overrides: list[str], source: str, size: int, cache: Path) 
     png = cache.parent / f"{cache.name}.png"
     recipe = load_recipe(path, [f"output.size={size}", *overrides])
     content = imageio.load_image(source, size)
-    refs = {name: imageio.load_image(src, side) for name, (src, side) in reference_sources(recipe).items()}
+    refs = {name: imageio.load_image(src, side) for name, (src, side) in recipe.references().items()}
     if png.exists():
         image, seconds = imageio.load_image(png), float("nan")
     else:
-        synth = Synthesizer(recipe, "cpu")
+        synth = recipe.build("cpu")
         synth.set_references(refs)
         start = time.perf_counter()
         image = synth.run(content).image.detach().float().cpu()

@@ -8,7 +8,7 @@ fall (final / initial) and the seconds per image. Results are cached as PNGs wit
 scores under --work, so a rerun only makes what is missing.
 
     python benchmarks/inversion.py                               # every lever, 128 px
-    python benchmarks/inversion.py --levers shipped,fourier --layers relu4_1,relu5_1
+    python benchmarks/inversion.py --levers shipped,fourier --layers relu4_1,relu5_1   # lever names: see LEVERS
     python benchmarks/inversion.py --size 256 --photos astronaut,tubingen --levers shipped
     python benchmarks/inversion.py --seeds relu4_1,relu5_1       # two noise seeds, one lever
     python benchmarks/inversion.py --sheet docs/images/inversion.jpg --levers shipped
@@ -50,13 +50,13 @@ LEVERS = {
     "1000 iterations": ["optimizer.iterations=1000"],
     "coarse to fine": ["optimizer.scales=3"],
     "fourier": ["optimizer.parametrization=fourier"],
-    "fourier, 1000": ["optimizer.parametrization=fourier", "optimizer.iterations=1000"],
-    "fourier, coarse to fine": ["optimizer.parametrization=fourier", "optimizer.scales=3"],
-    "coarse to fine, 500": ["optimizer.scales=3", "optimizer.iterations=500"],
+    "fourier 1000": ["optimizer.parametrization=fourier", "optimizer.iterations=1000"],
+    "fourier + coarse to fine": ["optimizer.parametrization=fourier", "optimizer.scales=3"],
+    "coarse to fine 500": ["optimizer.scales=3", "optimizer.iterations=500"],
     "normal 0.015 init": ["backbone.init=normal", "backbone.std=0.015"],
     "max pooling": ["backbone.pooling=max"],
     "tv 0.5 (a prior)": ["task.tv_weight=0.5"],
-    "tolerance 1e-3, 1000": ["optimizer.tolerance=0.001", "optimizer.iterations=1000"],
+    "tolerance 1e-3 (1000 max)": ["optimizer.tolerance=0.001", "optimizer.iterations=1000"],
 }
 
 

@@ -21,7 +21,6 @@ import torch
 
 from rvgen import imageio
 from rvgen.engine import OptimizerConfig, optimize
-from rvgen.engine.synth import Synthesizer
 from rvgen.recipe import parse_recipe
 
 

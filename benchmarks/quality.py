@@ -31,7 +31,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from rvgen import imageio  # noqa: E402
-from rvgen.engine.synth import Synthesizer  # noqa: E402
 from rvgen.recipe import parse_recipe  # noqa: E402
 
 DEFAULT_IMAGES = ("skimage:astronaut", "skimage:coffee", "skimage:chelsea")

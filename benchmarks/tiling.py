@@ -53,8 +53,6 @@ def build(size: int, tile: int | None, halo: int | None, name: str = "lbfgs", it
 
 def case(spec: dict) -> dict:
     """One measurement, in this process."""
-    import torch
-
     synth, content = build(spec["size"], spec["tile"], spec["halo"], spec.get("optimizer", "lbfgs"),
                            spec.get("iterations", 1))
     objective = synth.objective
