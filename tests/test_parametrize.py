@@ -70,7 +70,6 @@ def test_tolerance_stops_an_image_at_the_first_iteration_its_loss_fell_too_littl
     stopped = style(tolerance=0.01).run(content)
     assert stopped.iterations == first < 90
     assert stopped.loss < stopped.initial_loss / 5  # stopped on the plateau, not at the start
-    assert style(tolerance=0.001).run(content).iterations == 90  # still falling by more than 0.1%
 
 
 def test_the_parametrization_and_tolerance_are_checked_in_the_recipe():
