@@ -62,12 +62,13 @@ class Fourier:
         scale = 1.0 / f.clamp(min=1.0 / max(h, w))
         scale = scale / scale.pow(2).mean().sqrt()
         colour = _OPPONENT * _SPREAD / _SPREAD.pow(2).mean().sqrt()
-        self.scale = scale.to(device)
+        self.scale, self.inverse_scale = scale.to(device), (1.0 / scale).to(device)
         self.colour = colour.to(device)
         self.colour_inv = torch.linalg.inv(colour).to(device)
 
-    def _spectral(self, z: torch.Tensor, power: float) -> torch.Tensor:
-        spectrum = torch.fft.fft2(z, norm="ortho") * self.scale.pow(power).to(z.dtype)
+    @staticmethod
+    def _spectral(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.fft2(z, norm="ortho") * weight.to(z.dtype)
         return torch.fft.ifft2(spectrum, norm="ortho").real
 
     @staticmethod
@@ -75,13 +76,13 @@ class Fourier:
         return torch.einsum("ij,bjhw->bihw", matrix.to(x.dtype), x)
 
     def to_image(self, z: torch.Tensor) -> torch.Tensor:
-        return self._mix(self.colour, self._spectral(z, 1.0))
+        return self._mix(self.colour, self._spectral(z, self.scale))
 
     def from_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self._spectral(self._mix(self.colour_inv, x), -1.0)
+        return self._spectral(self._mix(self.colour_inv, x), self.inverse_scale)
 
     def adjoint(self, grad: torch.Tensor) -> torch.Tensor:
-        return self._spectral(self._mix(self.colour.T, grad), 1.0)
+        return self._spectral(self._mix(self.colour.T, grad), self.scale)
 
 
 def parametrization(name: str, shape: tuple[int, int], device: torch.device | str) -> Pixels | Fourier:
