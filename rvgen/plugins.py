@@ -27,7 +27,7 @@ from rvgen.params import Param, unknown
 ENTRY_POINT_GROUP = "rvgen"
 ENV_VAR = "RVGEN_LOAD_PLUGINS"
 BUILTIN_MODULES = (
-    "rvgen.backbones.vgg", "rvgen.backbones.resnet", "rvgen.backbones.trained",
+    "rvgen.backbones.vgg", "rvgen.backbones.resnet", "rvgen.backbones.trained", "rvgen.backbones.multiscale",
     "rvgen.losses.builtin", "rvgen.tasks.builtin",
 )
 BUILTIN_SOURCE = "rvgen (built-in)"
