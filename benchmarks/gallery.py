@@ -6,6 +6,11 @@ of every result as a Markdown table.
 
     python benchmarks/gallery.py                      # 384 px, every shipped style recipe
     python benchmarks/gallery.py --size 256 --styles monet --photos tubingen
+    python benchmarks/gallery.py --colors-photo chelsea   # the colour options: gallery-colors.jpg
+
+Two processes can share the work on a 2-core machine (``--photos astronaut,chelsea`` in one,
+``--photos coffee,tubingen`` in the other); a last run with every result cached writes the
+complete sheets in a minute.
 
 The fourth photo is the Tübingen photo from the project's shared images when it is there
 (``--tubingen PATH``), else scikit-image's rocket. CPU: about 4-7 minutes per image at
@@ -31,6 +36,7 @@ PHOTOS = ["skimage:astronaut", "skimage:chelsea", "skimage:coffee"]
 TUBINGEN = ROOT.parent / "shared" / "images" / "tubingen.jpg"
 BEFORE = ["task.style_weight=5.0", "optimizer.scales=1", "optimizer.iterations=150"]
 MAX_BYTES = 300_000
+COLORS = ("style", "content", "match")
 
 
 def style_recipes() -> dict[str, Path]:
@@ -63,6 +69,30 @@ def make(path: Path, overrides: list[str], source: str, size: int, cache: Path) 
     return image, scores
 
 
+def colors_sheet(recipes: dict[str, Path], photo: str, stem: str, args) -> None:
+    """One row per style: the photo, the style, and the result with ``task.colors`` = style
+    (the shipped recipe), content and match."""
+    rows, images, captions = [], [], []
+    print("| style | colors | Gram | SSIM | s |")
+    print("|---|---|---|---|---|")
+    for name, path in recipes.items():
+        cache = args.work / str(args.size) / name
+        row, caption = [imageio.load_image(photo, args.cell), imageio.load_image(load_recipe(path).task["style"], args.cell)], ["", ""]
+        for colors in COLORS:
+            overrides = [] if colors == "style" else [f"task.colors={colors}"]
+            suffix = "after" if colors == "style" else f"colors-{colors}"
+            image, sc = make(path, overrides, photo, args.size, cache / f"{stem}.{suffix}")
+            print(f"| {name} | {colors} | {sc['gram']:.4f} | {sc['ssim']:.3f} | {sc['seconds']:.0f} |", flush=True)
+            row.append(image)
+            caption.append(f"Gram {sc['gram']:.4f} SSIM {sc['ssim']:.2f}")
+        rows.append(name)
+        images.append(row)
+        captions.append(caption)
+    sheet = contact_sheet(rows, ["photo", "style", *(f"colors = \"{c}\"" for c in COLORS)], images, captions,
+                          cell=args.cell)
+    save_jpeg(sheet, args.out / "gallery-colors.jpg")
+
+
 def save_jpeg(sheet: Image.Image, path: Path) -> None:
     """The sheet as JPEG, at the best quality that keeps it under MAX_BYTES."""
     for quality in range(90, 30, -5):
@@ -84,6 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--cell", type=int, default=256, help="long side of each picture in the sheet")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--colors-photo", help="photo stem: make the colour options sheet for it instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     photos = PHOTOS + [str(args.tubingen) if args.tubingen.exists() else "skimage:rocket"]
@@ -94,6 +125,10 @@ def main() -> None:
     recipes = style_recipes()
     if args.styles:
         recipes = {k: recipes[k] for k in args.styles.split(",")}
+    if args.colors_photo:
+        photo = next(p for p in photos if stems[p] == args.colors_photo)
+        colors_sheet(recipes, photo, args.colors_photo, args)
+        return
     print("| style | photo | Gram before | Gram after | SSIM before | SSIM after | s after |")
     print("|---|---|---|---|---|---|---|")
     for name, path in recipes.items():
