@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from PIL import Image
 from rvgen import imageio, metrics, shipped
 from rvgen.recipe import load_recipe
 from rvgen.sheet import contact_sheet
+from rvgen.tasks.colors import keep_colors
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["skimage:astronaut", "skimage:chelsea", "skimage:coffee"]
@@ -49,14 +52,19 @@ def style_recipes() -> dict[str, Path]:
     return out
 
 
-def make(path: Path, overrides: list[str], source: str, size: int, cache: Path) -> tuple[torch.Tensor, dict]:
-    """One result (cached as PNG with its scores), and its scores."""
-    png = cache.parent / f"{cache.name}.png"
+def make(path: Path, overrides: list[str], source: str, size: int, cache: Path,
+         cached_only: bool = False) -> tuple[torch.Tensor | None, dict]:
+    """One result, cached as PNG with its time in a JSON file beside it, and its scores
+    (None and NaN scores when ``cached_only`` and it is not in the cache)."""
+    png, record = cache.parent / f"{cache.name}.png", cache.parent / f"{cache.name}.json"
     recipe = load_recipe(path, [f"output.size={size}", *overrides])
     content = imageio.load_image(source, size)
     refs = {name: imageio.load_image(src, side) for name, (src, side) in recipe.references().items()}
     if png.exists():
-        image, seconds = imageio.load_image(png), float("nan")
+        image = imageio.load_image(png)
+        seconds = json.loads(record.read_text())["seconds"] if record.exists() else float("nan")
+    elif cached_only:
+        return None, {"gram": float("nan"), "ssim": float("nan"), "seconds": float("nan")}
     else:
         synth = recipe.build("cpu")
         synth.set_references(refs)
@@ -65,6 +73,7 @@ def make(path: Path, overrides: list[str], source: str, size: int, cache: Path) 
         seconds = time.perf_counter() - start
         png.parent.mkdir(parents=True, exist_ok=True)
         imageio.save_image(image, png)
+        record.write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
     scores = {"gram": GRAM.distance(image, refs["style"]), "ssim": metrics.ssim(image, content), "seconds": seconds}
     return image, scores
 
@@ -79,18 +88,37 @@ def colors_sheet(recipes: dict[str, Path], photo: str, stem: str, args) -> None:
         cache = args.work / str(args.size) / name
         row, caption = [imageio.load_image(photo, args.cell), imageio.load_image(load_recipe(path).task["style"], args.cell)], ["", ""]
         for colors in COLORS:
-            overrides = [] if colors == "style" else [f"task.colors={colors}"]
-            suffix = "after" if colors == "style" else f"colors-{colors}"
-            image, sc = make(path, overrides, photo, args.size, cache / f"{stem}.{suffix}")
+            if colors == "content":  # the style's result with the photo's colours: the task's finish step
+                after, _ = make(path, [], photo, args.size, cache / f"{stem}.after", args.cached)
+                image = None if after is None else keep_colors(after, imageio.load_image(photo, args.size))
+                sc = scores(image, path, photo, args.size)
+            else:
+                overrides = [] if colors == "style" else [f"task.colors={colors}"]
+                suffix = "after" if colors == "style" else f"colors-{colors}"
+                image, sc = make(path, overrides, photo, args.size, cache / f"{stem}.{suffix}", args.cached)
             print(f"| {name} | {colors} | {sc['gram']:.4f} | {sc['ssim']:.3f} | {sc['seconds']:.0f} |", flush=True)
             row.append(image)
-            caption.append(f"Gram {sc['gram']:.4f} SSIM {sc['ssim']:.2f}")
+            caption.append(caption_of(sc))
         rows.append(name)
         images.append(row)
         captions.append(caption)
     sheet = contact_sheet(rows, ["photo", "style", *(f"colors = \"{c}\"" for c in COLORS)], images, captions,
                           cell=args.cell)
     save_jpeg(sheet, args.out / "gallery-colors.jpg")
+
+
+def scores(image: torch.Tensor | None, path: Path, photo: str, size: int) -> dict:
+    """Gram distance to the recipe's style and content SSIM of an image made outside :func:`make`."""
+    if image is None:
+        return {"gram": float("nan"), "ssim": float("nan"), "seconds": float("nan")}
+    recipe = load_recipe(path, [f"output.size={size}"])
+    source, side = recipe.references()["style"]
+    return {"gram": GRAM.distance(image, imageio.load_image(source, side)),
+            "ssim": metrics.ssim(image, imageio.load_image(photo, size)), "seconds": 0.0}
+
+
+def caption_of(sc: dict) -> str:
+    return "" if math.isnan(sc["gram"]) else f"Gram {sc['gram']:.4f} SSIM {sc['ssim']:.2f}"
 
 
 def save_jpeg(sheet: Image.Image, path: Path) -> None:
@@ -115,6 +143,8 @@ def main() -> None:
     parser.add_argument("--cell", type=int, default=256, help="long side of each picture in the sheet")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--colors-photo", help="photo stem: make the colour options sheet for it instead")
+    parser.add_argument("--cached", action="store_true", help="make no result: write the sheets from the cache "
+                        "(a result not made yet leaves its cell blank)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     photos = PHOTOS + [str(args.tubingen) if args.tubingen.exists() else "skimage:rocket"]
@@ -129,22 +159,21 @@ def main() -> None:
         photo = next(p for p in photos if stems[p] == args.colors_photo)
         colors_sheet(recipes, photo, args.colors_photo, args)
         return
-    print("| style | photo | Gram before | Gram after | SSIM before | SSIM after | s after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| style | photo | Gram before | Gram after | SSIM before | SSIM after | s before | s after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, path in recipes.items():
         rows, images, captions = [], [], []
         style_src = load_recipe(path).task["style"]
         for photo in photos:
             cache = args.work / str(args.size) / name
-            before, b = make(path, BEFORE, photo, args.size, cache / f"{stems[photo]}.before")
-            after, a = make(path, [], photo, args.size, cache / f"{stems[photo]}.after")
+            before, b = make(path, BEFORE, photo, args.size, cache / f"{stems[photo]}.before", args.cached)
+            after, a = make(path, [], photo, args.size, cache / f"{stems[photo]}.after", args.cached)
             print(f"| {name} | {stems[photo]} | {b['gram']:.4f} | {a['gram']:.4f} | {b['ssim']:.3f} | "
-                  f"{a['ssim']:.3f} | {a['seconds']:.0f} |", flush=True)
+                  f"{a['ssim']:.3f} | {b['seconds']:.0f} | {a['seconds']:.0f} |", flush=True)
             rows.append(stems[photo])
             images.append([imageio.load_image(photo, args.cell), imageio.load_image(style_src, args.cell),
                            before, after])
-            captions.append(["", "", f"Gram {b['gram']:.4f} SSIM {b['ssim']:.2f}",
-                             f"Gram {a['gram']:.4f} SSIM {a['ssim']:.2f}"])
+            captions.append(["", "", caption_of(b), caption_of(a)])
         sheet = contact_sheet(rows, ["photo", "style", "before (style weight 5, one scale)",
                                      "after (the shipped recipe)"], images, captions, cell=args.cell)
         save_jpeg(sheet, args.out / f"gallery-{name}.jpg")
