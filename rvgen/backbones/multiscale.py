@@ -11,9 +11,10 @@ the sizes in increasing order), made zero-mean, so that it answers to structure 
 to the mean brightness, and scaled to unit norm, so that every size answers on the same
 scale. The 37 and 55 pixel filters would cost 10^11 multiply-adds per image as direct
 convolutions at 256 px, so every size is applied through the FFT: the image is padded by
-reflection (by replication where it is smaller than the filter), transformed once, and
-each filter bank is a product in the frequency domain. The result equals the direct
-convolution to float32 rounding (a test checks it).
+reflection (by replication where it is smaller than the filter) and transformed once per
+filter size, and each filter bank is a product in the frequency domain (the filters'
+spectra are kept while the image size stays). The result equals the direct convolution to
+float32 rounding (a test checks it).
 
 Layers: ``k3``, ``k5``, ... ``k55`` (the ReLU maps of one filter size, ``width`` channels
 each) and ``all`` (every size, concatenated: the paper's single layer). Style and texture
