@@ -40,6 +40,7 @@ TUBINGEN = ROOT.parent / "shared" / "images" / "tubingen.jpg"
 BEFORE = ["task.style_weight=5.0", "optimizer.scales=1", "optimizer.iterations=150"]
 MAX_BYTES = 300_000
 COLORS = ("style", "content", "match")
+MISSING = {"gram": float("nan"), "ssim": float("nan"), "seconds": float("nan")}  # a result not made (--cached)
 
 
 def style_recipes() -> dict[str, Path]:
@@ -64,7 +65,7 @@ def make(path: Path, overrides: list[str], source: str, size: int, cache: Path,
         image = imageio.load_image(png)
         seconds = json.loads(record.read_text())["seconds"] if record.exists() else float("nan")
     elif cached_only:
-        return None, {"gram": float("nan"), "ssim": float("nan"), "seconds": float("nan")}
+        return None, MISSING
     else:
         synth = recipe.build("cpu")
         synth.set_references(refs)
@@ -74,8 +75,12 @@ def make(path: Path, overrides: list[str], source: str, size: int, cache: Path,
         png.parent.mkdir(parents=True, exist_ok=True)
         imageio.save_image(image, png)
         record.write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
-    scores = {"gram": GRAM.distance(image, refs["style"]), "ssim": metrics.ssim(image, content), "seconds": seconds}
-    return image, scores
+    return image, score(image, refs["style"], content, seconds)
+
+
+def score(image: torch.Tensor, style: torch.Tensor, content: torch.Tensor, seconds: float) -> dict:
+    """The independent Gram distance to the style and the content SSIM of one result."""
+    return {"gram": GRAM.distance(image, style), "ssim": metrics.ssim(image, content), "seconds": seconds}
 
 
 def colors_sheet(recipes: dict[str, Path], photo: str, stem: str, args) -> None:
@@ -90,8 +95,12 @@ def colors_sheet(recipes: dict[str, Path], photo: str, stem: str, args) -> None:
         for colors in COLORS:
             if colors == "content":  # the style's result with the photo's colours: the task's finish step
                 after, _ = make(path, [], photo, args.size, cache / f"{stem}.after", args.cached)
-                image = None if after is None else keep_colors(after, imageio.load_image(photo, args.size))
-                sc = scores(image, path, photo, args.size)
+                image, sc = None, MISSING
+                if after is not None:
+                    content = imageio.load_image(photo, args.size)
+                    source, side = load_recipe(path, [f"output.size={args.size}"]).references()["style"]
+                    image = keep_colors(after, content)
+                    sc = score(image, imageio.load_image(source, side), content, 0.0)
             else:
                 overrides = [] if colors == "style" else [f"task.colors={colors}"]
                 suffix = "after" if colors == "style" else f"colors-{colors}"
@@ -105,16 +114,6 @@ def colors_sheet(recipes: dict[str, Path], photo: str, stem: str, args) -> None:
     sheet = contact_sheet(rows, ["photo", "style", *(f"colors = \"{c}\"" for c in COLORS)], images, captions,
                           cell=args.cell)
     save_jpeg(sheet, args.out / "gallery-colors.jpg")
-
-
-def scores(image: torch.Tensor | None, path: Path, photo: str, size: int) -> dict:
-    """Gram distance to the recipe's style and content SSIM of an image made outside :func:`make`."""
-    if image is None:
-        return {"gram": float("nan"), "ssim": float("nan"), "seconds": float("nan")}
-    recipe = load_recipe(path, [f"output.size={size}"])
-    source, side = recipe.references()["style"]
-    return {"gram": GRAM.distance(image, imageio.load_image(source, side)),
-            "ssim": metrics.ssim(image, imageio.load_image(photo, size)), "seconds": 0.0}
 
 
 def caption_of(sc: dict) -> str:
