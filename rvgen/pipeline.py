@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from rvgen.plugins import Registry
 from rvgen.recipe import Recipe, load_recipe
 
 ImageLike = Image.Image | torch.Tensor | str | Path
-PROBE_LIMIT = 1024  # px: a backbone that fails on blank images this large is not size-checked
 
 
 @dataclass
@@ -117,39 +115,17 @@ class Pipeline:
                                    else t)
         return self.check_size(imageio.load_image(image, self.size))
 
-    @cached_property
+    @property
     def min_side(self) -> int:
-        """The shortest side in pixels an image needs so that every layer the objective uses
-        keeps at least one position (16 px for VGG's relu5_1, four poolings deep). Found once
-        by running the backbone on blank images; 1 when even large ones fail (no check)."""
-        objective = self.synth.objective
-
-        def fits(side: int) -> bool:
-            blank = torch.zeros(1, 3, side, side, device=self.device)
-            try:
-                with torch.no_grad():
-                    features = objective.features(blank, objective.layers)
-            except RuntimeError:
-                return False
-            return all(f.numel() > 0 for f in features.values() if isinstance(f, torch.Tensor))
-
-        high = 1
-        while not fits(high):
-            high *= 2
-            if high > PROBE_LIMIT:
-                return 1
-        low = high // 2  # fits(low) is False (or low is 0)
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(middle) else (middle, high)
-        return high
+        """The shortest side in pixels an image needs (see :attr:`Synthesizer.min_side`)."""
+        return self.synth.min_side
 
     def check_size(self, content: torch.Tensor) -> torch.Tensor:
         """``content`` (at the output size) if the network can see it: the input, the result's
         canvas and the references, at every level of the pyramid, must keep :attr:`min_side`
         pixels on each side; an :class:`~rvgen.errors.ImageError` naming the minimum if not."""
         canvas = tuple(self.synth.task.canvas(content))
-        factor = self.synth.pyramid.levels(canvas)[0]  # the smallest level
+        factor = self.synth.pyramid.levels(canvas, self.min_side)[0]  # the smallest level
         shapes = {"the image": tuple(content.shape[-2:]), "the result": canvas, **self.reference_shapes}
         for name, shape in shapes.items():
             small = scaled(shape, factor)

@@ -170,3 +170,19 @@ def test_images_above_1024_px_start_from_coarser_levels_even_at_one_scale():
     assert PyramidConfig().levels((1365, 2048)) == [0.5, 1.0]
     assert PyramidConfig().levels((4096, 4096)) == [0.25, 0.5, 1.0]
     assert PyramidConfig(scales=3).levels((2048, 2048)) == [0.25, 0.5, 1.0]  # a recipe's own pyramid wins
+
+
+def test_pyramid_levels_too_small_for_the_deepest_layer_are_skipped():
+    from rvgen.engine.pyramid import PyramidConfig
+    from rvgen.recipe import parse_recipe
+
+    assert PyramidConfig(scales=3, min_size=32).levels((43, 128)) == [0.25, 0.5, 1.0]
+    assert PyramidConfig(scales=3, min_size=32).levels((43, 128), min_side=16) == [0.5, 1.0]  # 11 px < 16
+    assert PyramidConfig(scales=3, min_size=32).levels((8, 128), min_side=16) == [1.0]  # the output level stays
+    # A panorama inverted at relu5_1 (16 px at least) from 32 px: its 32x10 level is left out.
+    synth = parse_recipe({"task": {"name": "reconstruct", "layer": "relu5_1"}, "output": {"size": 128},
+                          "optimizer": {"scales": 3, "min_size": 32, "iterations": 2}}).build("cpu")
+    synth.set_references({})
+    assert synth.min_side == 16
+    result = synth.run(torch.rand(1, 3, 40, 128, generator=torch.Generator().manual_seed(0)))
+    assert result.image.shape == (1, 3, 40, 128) and result.iterations > 2

@@ -28,15 +28,17 @@ class PyramidConfig:
     min_size: int = 64
     scale_iterations: int | None = None
 
-    def levels(self, canvas: tuple[int, int]) -> list[float]:
-        """Scale factors of the levels, smallest first. A single-scale setting still starts
-        images larger than :data:`COARSE_ABOVE` px from coarser levels, halving down to it:
-        large structures only form at coarse scales, and a large level needs few iterations
-        when it starts from a good half-size result."""
+    def levels(self, canvas: tuple[int, int], min_side: int = 1) -> list[float]:
+        """Scale factors of the levels, smallest first, leaving out coarse levels whose short
+        side would be under ``min_side`` (too small for the network's deepest layer used).
+        A single-scale setting still starts images larger than :data:`COARSE_ABOVE` px from
+        coarser levels, halving down to it: large structures only form at coarse scales, and
+        a large level needs few iterations when it starts from a good half-size result."""
         scales = self.scales
         if scales == 1 and max(canvas) > COARSE_ABOVE:
             scales = 1 + math.ceil(math.log2(max(canvas) / COARSE_ABOVE))
-        return pyramid(canvas, scales, self.min_size)
+        factors = pyramid(canvas, scales, self.min_size)
+        return [f for f in factors[:-1] if min(scaled(canvas, f)) >= min_side] + factors[-1:]
 
 
 def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from rvgen.engine.pyramid import PyramidConfig, resize, scaled
 from rvgen.errors import OutOfMemory, RvgenError
 
 VARIATION_SEED_STRIDE = 7919
+PROBE_LIMIT = 1024  # px: a backbone that fails on blank images this large is not size-checked
 
 
 class Synthesizer:
@@ -66,6 +68,34 @@ class Synthesizer:
         self._reference_targets: dict[float, dict] = {}
         self._adapted: dict[str, torch.Tensor] = {}  # references prepared per input, as loaded
         self.forced_tile: int | None = None  # set by the out-of-memory fallback
+
+    @cached_property
+    def min_side(self) -> int:
+        """The shortest side in pixels an image needs so that every layer the objective uses
+        keeps at least one position (16 px for VGG's relu5_1, four poolings deep). Found once
+        by running the backbone on blank images; 1 when even large ones fail (no check).
+        Pyramid levels smaller than this are skipped."""
+        objective = self.objective
+
+        def fits(side: int) -> bool:
+            blank = torch.zeros(1, 3, side, side, device=self.device)
+            try:
+                with torch.no_grad():
+                    features = objective.features(blank, objective.layers)
+            except RuntimeError:
+                return False
+            return all(f.numel() > 0 for f in features.values() if isinstance(f, torch.Tensor))
+
+        high = 1
+        while not fits(high):
+            high *= 2
+            if high > PROBE_LIMIT:
+                return 1
+        low = high // 2  # fits(low) is False (or low is 0)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        return high
 
     @property
     def reference_names(self) -> set[str]:
@@ -199,7 +229,7 @@ class Synthesizer:
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
-        factors = self.pyramid.levels(canvas)
+        factors = self.pyramid.levels(canvas, self.min_side)
         lower = self.pyramid.scale_iterations or self.optimizer.iterations
         budgets = [lower] * (len(factors) - 1) + [self.optimizer.iterations]
         total = sum(budgets)
