@@ -53,11 +53,13 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "tubingen")
 LEVERS = {  # overrides on recipes/reconstruct.toml: pixels, coarse to fine from 32 px, 200 iterations a level
     "shipped": [],
     "single scale": ["optimizer.scales=1"],
-    "150 iterations, single scale": ["optimizer.scales=1", "optimizer.iterations=150"],
-    "1000 iterations, single scale": ["optimizer.scales=1", "optimizer.iterations=1000"],
+    "100 iterations a level": ["optimizer.iterations=100"],
+    "fourier + coarse to fine (100 a level)": ["optimizer.parametrization=fourier", "optimizer.iterations=100"],
+    "single scale (150 iterations)": ["optimizer.scales=1", "optimizer.iterations=150"],
+    "single scale (1000 iterations)": ["optimizer.scales=1", "optimizer.iterations=1000"],
     "1000 iterations": ["optimizer.iterations=1000", "optimizer.scale_iterations=200"],
     "coarse to fine from 64 px": ["optimizer.min_size=64"],
-    "fourier, single scale": ["optimizer.parametrization=fourier", "optimizer.scales=1"],
+    "fourier (single scale)": ["optimizer.parametrization=fourier", "optimizer.scales=1"],
     "fourier + coarse to fine from 64 px": ["optimizer.parametrization=fourier", "optimizer.min_size=64"],
     "fourier + coarse to fine": ["optimizer.parametrization=fourier"],
     "normal 0.015 init": ["backbone.init=normal", "backbone.std=0.015"],
@@ -166,7 +168,7 @@ def trace_table(rows: list[dict], levers: list[str], layers: list[str]) -> str:
         for layer in layers:
             mine = [r for r in rows if r["lever"] == lever and r["layer"] == layer]
             steps = sorted({p[0] for r in mine for p in r["trace"]})
-            lines += ["", f"{lever}, {layer}:", "", "| iteration | loss / initial | PSNR dB |", "| ---: | ---: | ---: |"]
+            lines += ["", f"{lever}, {layer} (iterations counted over all levels; loss against the last level's start):", "", "| iteration | loss / initial | PSNR dB |", "| ---: | ---: | ---: |"]
             for step in steps:
                 at = [(p[1] / r["initial_loss"], p[2]) for r in mine for p in r["trace"] if p[0] == step]
                 if len(at) == len(mine):
@@ -189,7 +191,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "rvgen-out" / "inversion")
     args = parser.parse_args()
     levers = [lever.strip() for lever in args.levers.split(",")]
-    unknown = [lever for lever in levers if lever not in LEVERS]
+    unknown = [lever for lever in levers if lever not in LEVERS]  # (lever names hold no commas)
     if unknown:
         parser.error(f"unknown lever {unknown[0]!r}; choose from: {', '.join(LEVERS)}")
     layers, photos = args.layers.split(","), args.photos.split(",")
@@ -201,6 +203,11 @@ def main() -> None:
     rows = Parallel(n_jobs=args.jobs)(delayed(one)(*job) for job in jobs)
     print(f"PSNR dB against the photo, mean ± std over {len(photos)} photos at {args.size} px "
           f"({', '.join(photos)}); loss fall = final / initial loss\n")
+
+    def result(lever: str, layer: str, photo: str, seed: int = 0) -> torch.Tensor:
+        return imageio.load_image(str(args.work / f"{args.size}px" / slug(lever) / f"{layer}-{photo}-seed{seed}.png"),
+                                  args.size)
+
     if not args.seeds:
         print(table(rows, levers, layers))
         print("\nSSIM:\n")
@@ -211,15 +218,10 @@ def main() -> None:
         for layer in layers:
             a = [r for r in rows if r["layer"] == layer and r["seed"] == 0]
             b = [r for r in rows if r["layer"] == layer and r["seed"] == 1]
-            between = [metrics.psnr(*(imageio.load_image(str(args.work / f"{args.size}px" / slug(levers[0])
-                                                             / f"{layer}-{p}-seed{s}.png"), args.size)
-                                      for s in (0, 1))) for p in photos]
+            between = [metrics.psnr(result(levers[0], layer, p, 0), result(levers[0], layer, p, 1)) for p in photos]
             print(f"| {layer} | {mean_std([r['psnr'] for r in a])} | {mean_std([r['psnr'] for r in b])} | "
                   f"{mean_std(between)} | {statistics.mean(r['fall'] for r in a + b):.1e} |")
     if args.bands:
-        def result(lever: str, layer: str, photo: str, seed: int = 0) -> torch.Tensor:
-            return imageio.load_image(str(args.work / f"{args.size}px" / slug(lever) / f"{layer}-{photo}-seed{seed}.png"),
-                                      args.size)
         pairs = {f"{lever}, {layer}": [(result(lever, layer, p), imageio.load_image(source(p), args.size))
                                        for p in photos] for lever in levers for layer in layers}
         if args.seeds:
@@ -229,13 +231,14 @@ def main() -> None:
         print("\n" + bands_table(pairs))
     if args.trace:
         print(trace_table(rows, levers, layers))
-    if args.sheet:
-        images = [[imageio.load_image(source(p), args.size)] +
-                  [imageio.load_image(str(args.work / f"{args.size}px" / slug(levers[0]) / f"{layer}-{p}-seed0.png"),
-                                      args.size) for layer in layers] for p in photos]
-        captions = [[""] + [f"{next(r['psnr'] for r in rows if r['photo'] == p and r['layer'] == layer and r['lever'] == levers[0]):.1f} dB"
-                            for layer in layers] for p in photos]
-        sheet = contact_sheet(photos, ["photo", *layers], images, captions, cell=args.size)
+    if args.sheet:  # photos x (layer, lever), a layer's levers side by side
+        columns = [(layer, lever) for layer in layers for lever in levers]
+        images = [[imageio.load_image(source(p), args.size)] + [result(lever, layer, p) for layer, lever in columns]
+                  for p in photos]
+        psnrs = {(r["lever"], r["layer"], r["photo"]): r["psnr"] for r in rows if r["seed"] == 0}
+        captions = [[""] + [f"{psnrs[lever, layer, p]:.1f} dB" for layer, lever in columns] for p in photos]
+        heads = [layer if len(levers) == 1 else f"{layer} {lever}" for layer, lever in columns]
+        sheet = contact_sheet(photos, ["photo", *heads], images, captions, cell=args.size)
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         sheet.convert("RGB").save(args.sheet, quality=88)
         print(f"\nsheet: {args.sheet}")
