@@ -119,27 +119,38 @@ def one(lever: str, overrides: list[str], layer: str, photo: str, size: int, see
 PERIODS = (32, 16, 8, 4)  # px: the octave bands' edges, as spatial periods
 
 
-def band_snr(image: torch.Tensor, reference: torch.Tensor) -> list[float]:
-    """Signal-to-error ratio in dB of ``image`` against ``reference`` (1, 3, H, W) in each band
-    of spatial period: over 32 px, 16-32, 8-16, 4-8 and under 4 px. Signal is the reference
-    without its mean colour; the error's mean colour counts in the coarsest band."""
+def band_energies(image: torch.Tensor, reference: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Energy of the signal and of the error of ``image`` against ``reference`` (1, 3, H, W)
+    in each band of spatial period: over 32 px, 16-32, 8-16, 4-8 and under 4 px. Signal is
+    the reference without its mean colour; the error's mean colour counts in the coarsest band."""
     h, w = reference.shape[-2:]
     f = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2)
     band = torch.bucketize(f, torch.tensor([1 / p for p in PERIODS]))
     signal = torch.fft.fft2(reference - reference.mean(dim=(-2, -1), keepdim=True)).abs().pow(2).sum(dim=(0, 1))
     error = torch.fft.fft2(image - reference).abs().pow(2).sum(dim=(0, 1))
-    return [10 * math.log10(signal[band == b].sum().item() / max(error[band == b].sum().item(), 1e-20))
-            for b in range(len(PERIODS) + 1)]
+    bands = range(len(PERIODS) + 1)
+    return [signal[band == b].sum().item() for b in bands], [error[band == b].sum().item() for b in bands]
+
+
+def band_snr(image: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """Signal-to-error ratio in dB in each band (see :func:`band_energies`)."""
+    signal, error = band_energies(image, reference)
+    return [10 * math.log10(s / max(e, 1e-20)) for s, e in zip(signal, error)]
 
 
 def bands_table(pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> str:
-    """Mean band SNR of each labelled set of (image, reference) pairs."""
+    """Mean band SNR of each labelled set of (image, reference) pairs, then each band's mean
+    share of the squared error."""
     heads = [f"> {PERIODS[0]} px"] + [f"{b}-{a} px" for a, b in zip(PERIODS, PERIODS[1:])] + [f"< {PERIODS[-1]} px"]
     lines = ["| SNR dB by structure size | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    shares = ["", "| share of the squared error | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for label, items in pairs.items():
         snrs = [band_snr(a, b) for a, b in items]
         lines.append(f"| {label} | " + " | ".join(mean_std([s[k] for s in snrs]) for k in range(len(heads))) + " |")
-    return "\n".join(lines)
+        errors = [band_energies(a, b)[1] for a, b in items]
+        share = [statistics.mean(e[k] / sum(e) for e in errors) for k in range(len(heads))]
+        shares.append(f"| {label} | " + " | ".join(f"{100 * x:.0f} %" for x in share) + " |")
+    return "\n".join(lines + shares)
 
 
 def mean_std(values: list[float]) -> str:
