@@ -67,6 +67,7 @@ LEVERS = {  # overrides on recipes/reconstruct.toml: pixels, coarse to fine from
     "tv 0.5 (a prior)": ["task.tv_weight=0.5"],
     "tolerance 1e-3 (1000 max)": ["optimizer.tolerance=0.001", "optimizer.iterations=1000",
                                   "optimizer.scale_iterations=200"],
+    "tolerance 1e-2 (1000 max a level)": ["optimizer.tolerance=0.01", "optimizer.iterations=1000"],
 }
 
 
