@@ -133,9 +133,8 @@ def band_energies(image: torch.Tensor, reference: torch.Tensor) -> tuple[list[fl
     return [signal[band == b].sum().item() for b in bands], [error[band == b].sum().item() for b in bands]
 
 
-def band_snr(image: torch.Tensor, reference: torch.Tensor) -> list[float]:
-    """Signal-to-error ratio in dB in each band (see :func:`band_energies`)."""
-    signal, error = band_energies(image, reference)
+def band_snr(signal: list[float], error: list[float]) -> list[float]:
+    """Signal-to-error ratio in dB in each band, from :func:`band_energies`."""
     return [10 * math.log10(s / max(e, 1e-20)) for s, e in zip(signal, error)]
 
 
@@ -146,9 +145,10 @@ def bands_table(pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> st
     lines = ["| SNR dB by structure size | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     shares = ["", "| share of the squared error | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for label, items in pairs.items():
-        snrs = [band_snr(a, b) for a, b in items]
+        energies = [band_energies(a, b) for a, b in items]
+        snrs = [band_snr(signal, error) for signal, error in energies]
         lines.append(f"| {label} | " + " | ".join(mean_std([s[k] for s in snrs]) for k in range(len(heads))) + " |")
-        errors = [band_energies(a, b)[1] for a, b in items]
+        errors = [error for _, error in energies]
         share = [statistics.mean(e[k] / sum(e) for e in errors) for k in range(len(heads))]
         shares.append(f"| {label} | " + " | ".join(f"{100 * x:.0f} %" for x in share) + " |")
     return "\n".join(lines + shares)
@@ -180,7 +180,8 @@ def trace_table(rows: list[dict], levers: list[str], layers: list[str]) -> str:
         for layer in layers:
             mine = [r for r in rows if r["lever"] == lever and r["layer"] == layer]
             steps = sorted({p[0] for r in mine for p in r["trace"]})
-            lines += ["", f"{lever}, {layer} (iterations counted over all levels; loss against the last level's start):", "", "| iteration | loss / initial | PSNR dB |", "| ---: | ---: | ---: |"]
+            lines += ["", f"{lever}, {layer} (iterations counted over all levels; loss against the last "
+                      "level's start):", "", "| iteration | loss / initial | PSNR dB |", "| ---: | ---: | ---: |"]
             for step in steps:
                 at = [(p[1] / r["initial_loss"], p[2]) for r in mine for p in r["trace"] if p[0] == step]
                 if len(at) == len(mine):
@@ -199,7 +200,7 @@ def main() -> None:
     parser.add_argument("--seeds", metavar="LAYERS", help="two noise seeds per photo at these layers, one lever")
     parser.add_argument("--bands", action="store_true", help="split the error by structure size")
     parser.add_argument("--trace", type=int, default=0, metavar="N", help="score the image every N iterations")
-    parser.add_argument("--sheet", type=Path, help="write a contact sheet (photos x layers) of the first lever")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet: photos x (layer, lever)")
     parser.add_argument("--work", type=Path, default=ROOT / "rvgen-out" / "inversion")
     args = parser.parse_args()
     levers = [lever.strip() for lever in args.levers.split(",")]
