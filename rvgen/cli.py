@@ -112,7 +112,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
     from rvgen.batch.lock import OutputLock
-    from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee
+    from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee, shown
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
     from rvgen.batch.sidecar import split_finished
     from rvgen.batch.summary import RunInfo, WorkerSpec
@@ -178,7 +178,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         from rvgen.report import PageReporter
 
         reporter = Tee(reporter, PageReporter(output, key.recipe, parsed.source,
-                                              on_error=lambda line: click.echo(f"Warning: {line}", err=True)))
+                                              on_error=lambda line: click.echo(f"Warning: {shown(line)}", err=True)))
 
     def waiting(line: str) -> None:
         if not quiet:
@@ -374,12 +374,15 @@ def plugins(as_json: bool, markdown: bool) -> None:
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 def report(output: Path) -> None:
     """Write OUTPUT/index.html again, from the folder's sidecars and record alone."""
+    from rvgen.batch.reporters import shown
     from rvgen.report import write_report
 
     if not output.is_dir():
         raise UsageError(f"{output}: no such folder")
-    path, view = write_report(output)
-    click.echo(f"{path}: {len(view.results)} done, {len(view.failures)} failed, {len(view.pending)} not yet made")
+    path, view, note = write_report(output)
+    for line in ([note] if note else []) + view.skipped:
+        click.echo(f"Warning: {shown(line)}", err=True)
+    click.echo(f"{shown(path)}: {len(view.results)} done, {len(view.failures)} failed, {len(view.pending)} not yet made")
 
 
 @cli.command()

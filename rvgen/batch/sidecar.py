@@ -39,6 +39,7 @@ import torch
 
 import rvgen
 from rvgen import imageio
+from rvgen.batch import schema
 from rvgen.batch.jobs import Job
 from rvgen.engine import Result
 from rvgen.recipe import Recipe
@@ -144,32 +145,41 @@ def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: 
 # -- reading ------------------------------------------------------------------------------
 
 
+def load_sidecar(path: Path) -> dict[str, Any]:
+    """A sidecar's content, checked against :data:`~rvgen.batch.schema.SIDECAR`; raises
+    ``OSError`` when it cannot be read and :class:`~rvgen.batch.schema.Invalid` (one line)
+    when its content does not fit."""
+    return schema.parse(path.read_bytes(), schema.SIDECAR)
+
+
 def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """A sidecar's content (:func:`load_sidecar`), or ``None`` when it is missing, cannot be
+    read or does not fit the schema."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return load_sidecar(path)
+    except (OSError, schema.Invalid):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def read_provenance(image: Path) -> dict[str, Any] | None:
     """How ``image`` was made: the provenance it carries, else that of the sidecar beside it
-    (a result written before images carried it); ``None`` when neither says."""
+    (a result written before images carried it); ``None`` when neither says. Content that
+    does not fit :data:`~rvgen.batch.schema.PROVENANCE` (anyone can edit an image's text) is
+    :class:`~rvgen.batch.schema.Invalid`, with the field named."""
     text = imageio.read_metadata(image).get(PROVENANCE_KEY)
     if text is not None:
         try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
-            return data
-    data = read_sidecar(image.with_name(image.name + ".json"))
-    if data is None or not isinstance(data.get("recipe"), dict) or not isinstance(data.get("input"), dict):
-        return None
+            return schema.parse(text, schema.PROVENANCE)
+        except schema.Invalid as exc:
+            raise schema.Invalid(f"its rvgen metadata: {exc}") from None
+    path = image.with_name(image.name + ".json")
     try:
-        return provenance(data)
-    except (KeyError, TypeError, AttributeError):
+        data = load_sidecar(path)
+    except OSError:
         return None
+    except schema.Invalid as exc:
+        raise schema.Invalid(f"its sidecar {path.name}: {exc}") from None
+    return provenance(data)
 
 
 def _same_input(recorded: Mapping[str, Any], source: str) -> bool:
@@ -194,15 +204,12 @@ def is_finished(job: Job, key: RunKey) -> bool:
     data = read_sidecar(job.sidecar)
     if data is None:
         return False
-    try:
-        return (
-            data["recipe"]["digest"] == key.recipe
-            and dict(data.get("references", {})) == dict(key.references)
-            and data["variation"] == job.variation
-            and _same_input(data["input"], job.source)
-        )
-    except (KeyError, TypeError):
-        return False
+    return (
+        data["recipe"]["digest"] == key.recipe
+        and dict(data.get("references", {})) == dict(key.references)
+        and data["variation"] == job.variation
+        and _same_input(data["input"], job.source)
+    )
 
 
 def split_finished(jobs: Iterable[Job], key: RunKey) -> tuple[list[Job], list[Job]]:

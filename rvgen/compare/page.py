@@ -14,13 +14,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from rvgen import imageio
 from rvgen.batch.sidecar import read_sidecar
 from rvgen.compare.report import mean_std, result_path
 from rvgen.compare.results import Comparison
-from rvgen.report.page import STYLE, curve, link, thumbnail
+from rvgen.report.page import GENERATOR, STYLE, curve, link, thumbnail
 from rvgen.report.thumbs import Thumbnails
-from rvgen.report.write import PAGE_NAME
+from rvgen.report.write import save_page
 
 COMPARE_STYLE = """
 table.matrix td, table.matrix th { padding: 8px 14px 8px 0; }
@@ -97,7 +96,7 @@ def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], 
     title = f"rvgen compare: {comparison.task}"
     wall = f", {meta['wall_seconds']:.0f} s" if isinstance(meta.get("wall_seconds"), (int, float)) else ""
     return ("<!DOCTYPE html>\n"
-            f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}<meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
             f"<style>{STYLE}{COMPARE_STYLE}</style></head><body>"
             f"<header><h1>{escape(title)}</h1><p class=\"muted\">{escape(str(meta.get('recipe', '')))}: "
@@ -108,10 +107,10 @@ def comparison_page(comparison: Comparison, output: Path, meta: dict[str, Any], 
 
 
 def write_page(comparison: Comparison, output: Path, meta: dict[str, Any]) -> Path:
-    """Write ``output/index.html`` atomically; thumbnails it no longer shows are removed."""
+    """Write ``output/index.html`` atomically (``rvgen.html`` where a user's ``index.html`` is
+    there: :func:`rvgen.report.write.page_path`); thumbnails it no longer shows are removed."""
     thumbs = Thumbnails(output)
     html = comparison_page(comparison, output, meta, thumbs)
-    path = output / PAGE_NAME
-    imageio._atomic_write(path, lambda f: f.write(html.encode("utf-8")))
+    path, _ = save_page(output, html)
     thumbs.prune()
     return path

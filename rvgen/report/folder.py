@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rvgen.batch.sidecar import read_sidecar
+from rvgen.batch.schema import Invalid
+from rvgen.batch.sidecar import load_sidecar
 from rvgen.imageio import is_image_file
 from rvgen.report.record import FolderRecord, output_name
 
@@ -57,7 +58,7 @@ class Made:
         for item in self.data.get("history") or []:
             try:
                 points.append((int(item[0]), float(item[1])))
-            except (TypeError, ValueError, IndexError):
+            except (TypeError, ValueError, IndexError, OverflowError):  # an infinite iteration
                 continue
         return points
 
@@ -123,6 +124,7 @@ class Folder:
     pending: list[Pending]
     runs: list[dict[str, Any]]
     devices: list[DeviceFigures]
+    skipped: list[str] = field(default_factory=list)  # what of the folder's files was not read, and why
 
     @property
     def results(self) -> list[Made]:
@@ -136,8 +138,9 @@ class Folder:
         return sum(m.seconds for m in self.results)
 
 
-def _sidecars(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """(image, sidecar) of each result under ``folder``, hidden folders left out, sorted."""
+def _sidecars(folder: Path, skipped: list[str]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(image, sidecar) of each result under ``folder``, hidden folders left out, sorted; a
+    sidecar that cannot be read or does not fit the schema is left out, said in ``skipped``."""
     for path in sorted(folder.rglob("*.json")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
@@ -145,26 +148,28 @@ def _sidecars(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         image = path.with_name(path.name[: -len(".json")])
         if not is_image_file(image) or not image.is_file():
             continue
-        data = read_sidecar(path)
-        if (data is not None and isinstance(data.get("input"), dict) and isinstance(data.get("recipe"), dict)
-                and isinstance(data["recipe"].get("resolved"), dict)):
-            yield image, data
+        try:
+            data = load_sidecar(path)
+        except (OSError, Invalid) as exc:
+            skipped.append(f"{rel.as_posix()}: {getattr(exc, 'strerror', None) or exc}; left out")
+            continue
+        yield image, data
 
 
 def read_folder(folder: Path) -> Folder:
     """Everything the page of ``folder`` shows."""
     record = FolderRecord.load(folder)
+    skipped: list[str] = []
     groups: dict[str, RecipeGroup] = {}
     inputs: dict[tuple[str, str], Input] = {}
     made_digests: dict[str, str] = {}  # output name -> the digest of its sidecar
-    for image, data in _sidecars(folder):
+    for image, data in _sidecars(folder, skipped):
         made = Made(output_name(folder, image), image, data)
         made_digests[made.name] = made.digest
         group = groups.get(made.digest)
         if group is None:
-            refs = data.get("reference_files") if isinstance(data.get("reference_files"), dict) else {}
-            group = groups[made.digest] = RecipeGroup(made.digest, str(data["recipe"].get("source", "?")),
-                                                      data["recipe"]["resolved"], dict(refs))
+            group = groups[made.digest] = RecipeGroup(made.digest, data["recipe"]["source"],
+                                                      data["recipe"]["resolved"], dict(data.get("reference_files", {})))
         key = (made.digest, made.input_source or made.input_name)
         if key not in inputs:
             inputs[key] = Input(made.input_name, made.input_source)
@@ -175,14 +180,14 @@ def read_folder(folder: Path) -> Folder:
         for item in group.inputs:
             item.results.sort(key=lambda m: (m.variation, m.name))
     # a failure or a pending image the folder has since made (with that recipe) is neither
-    failures = [Failure(name, str(f.get("input", "?")), int(f.get("variation", 0) or 0), str(f.get("reason", "")),
-                        str(f.get("time", "")))
-                for name, f in sorted(record.failures.items()) if made_digests.get(name) != f.get("digest")]
-    pending = [Pending(name, str(p.get("input", "?")), int(p.get("variation", 0) or 0))
+    failures = [Failure(name, f["input"], f["variation"], f["reason"], f["time"])
+                for name, f in sorted(record.failures.items()) if made_digests.get(name) != f["digest"]]
+    pending = [Pending(name, p["input"], p["variation"])
                for name, p in sorted(record.pending.items())
-               if made_digests.get(name) != p.get("digest") and name not in record.failures]
+               if made_digests.get(name) != p["digest"] and name not in record.failures]
     ordered = sorted(groups.values(), key=lambda g: (g.source, g.digest))
-    return Folder(folder, ordered, failures, pending, list(record.runs), device_figures(ordered, record.runs))
+    return Folder(folder, ordered, failures, pending, list(record.runs), device_figures(ordered, record.runs),
+                  record.problems + skipped)
 
 
 def device_figures(groups: list[RecipeGroup], runs: list[dict[str, Any]]) -> list[DeviceFigures]:

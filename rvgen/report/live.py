@@ -4,7 +4,9 @@
 (:class:`~rvgen.batch.summary.Reporter`): it keeps the folder's record (the images planned,
 made and failed, :mod:`rvgen.report.record`) and writes the page when the run starts, at most
 every ``interval`` seconds as images finish, and when the run ends. A page that cannot be
-written is said once (``on_error``) and never stops the run.
+written is said once (``on_error``) and never stops the run; so is, once each, a file of the
+folder whose content is left out (:attr:`rvgen.report.folder.Folder.skipped`) and a page
+written as ``rvgen.html`` beside a user's ``index.html`` (``on_note``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ INTERVAL = 30.0  # seconds between pages while a run goes
 
 class PageReporter:
     def __init__(self, folder: Path, digest: str, source: str, interval: float = INTERVAL,
-                 on_error: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):
+                 on_error: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_note: Callable[[str], None] | None = None):
         self.folder, self.digest, self.source = Path(folder), digest, source
         self.interval, self.on_error, self.clock = interval, on_error, clock
+        self.on_note = on_note or on_error
+        self.said: set[str] = set()  # the notes said already
         self.record = FolderRecord()
         self.run: RunInfo | None = None
         self.started = now()
@@ -74,9 +79,15 @@ class PageReporter:
                             datetime.now().strftime("%H:%M:%S")) if live else None
         try:
             self.record.save(self.folder)
-            write_report(self.folder, status)
+            _, view, note = write_report(self.folder, status, self.record.problems)
         except (OSError, RvgenError) as exc:
             self.broken = True
             if self.on_error is not None:
-                self.on_error(f"the report page {self.folder / 'index.html'} cannot be written: "
+                self.on_error(f"the report page of {self.folder} cannot be written: "
                               f"{getattr(exc, 'strerror', None) or exc}; the run goes on without it")
+            return
+        for line in ([note] if note else []) + view.skipped:
+            if line not in self.said:
+                self.said.add(line)
+                if self.on_note is not None:
+                    self.on_note(line)

@@ -25,6 +25,7 @@ from rvgen.report.folder import Folder, Made, RecipeGroup
 from rvgen.report.thumbs import Thumbnails
 
 CURVE_WIDTH, CURVE_HEIGHT = 160, 40
+GENERATOR = '<meta name="generator" content="rvgen">'  # says a page is rvgen's own (rvgen.report.write)
 
 STYLE = """
 :root { --fg: #1d1d1f; --muted: #6b6b70; --line: #d9d9de; --card: #f6f6f8; --bad: #b3261e; --ok: #1b7a3a; }
@@ -202,6 +203,13 @@ class PageWriter:
         return (f'<section id="pending"><h2>Not yet made ({len(self.folder.pending)})</h2>'
                 f'<ul class="pending">{items}</ul></section>')
 
+    def skipped(self) -> str:
+        if not self.folder.skipped:
+            return ""
+        items = "".join(f"<li>{escape(line)}</li>" for line in self.folder.skipped)
+        return (f'<section id="skipped"><h2>Not read ({len(self.folder.skipped)})</h2><p class="muted">Files of '
+                f'the folder whose content rvgen does not trust, left out of this page:</p><ul>{items}</ul></section>')
+
     def runs(self, last: int = 5) -> str:
         if not self.folder.runs:
             return ""
@@ -210,8 +218,9 @@ class PageWriter:
             stopped = f" ({r['signal']})" if r.get("signal") else ""
             rows.append(f"<tr><td>{escape(when(str(r.get('started', ''))))}</td>"
                         f"<td>{escape(str(r.get('recipe', '')))}</td>"
-                        f'<td class="num">{r.get("done", 0)}</td><td class="num">{r.get("failed", 0)}</td>'
-                        f'<td class="num">{r.get("not_started", 0)}</td>'
+                        f'<td class="num">{escape(str(r.get("done", 0)))}</td>'
+                        f'<td class="num">{escape(str(r.get("failed", 0)))}</td>'
+                        f'<td class="num">{escape(str(r.get("not_started", 0)))}</td>'
                         f'<td class="num">{duration(float(r.get("seconds", 0) or 0))}{escape(stopped)}</td></tr>')
         return ('<section id="runs"><h2>Runs</h2><table><tr><th>started</th><th>recipe</th><th class="num">done</th>'
                 '<th class="num">failed</th><th class="num">not started</th><th class="num">took</th></tr>'
@@ -228,9 +237,9 @@ class PageWriter:
         if not self.folder.groups:
             body = '<p class="muted">No images made yet.</p>'
         return ("<!DOCTYPE html>\n"
-                f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+                f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}<meta name="viewport" '
                 f'content="width=device-width, initial-scale=1"><title>rvgen: {escape(title)}</title>'
                 f"<style>{STYLE}</style></head><body>"
                 f'<header><h1>rvgen: {escape(title)}</h1><p class="muted">{escape(str(self.folder.path))}</p>'
                 f"{status}{self.figures()}</header>"
-                f"{self.failures()}{self.pending()}{body}{self.runs()}</body></html>\n")
+                f"{self.failures()}{self.pending()}{self.skipped()}{body}{self.runs()}</body></html>\n")

@@ -16,7 +16,6 @@ Outputs are named by their path under the folder, in POSIX form.
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from rvgen import imageio
+from rvgen.batch import schema
 from rvgen.batch.jobs import Job
 from rvgen.batch.summary import RunInfo, Summary
 
 RECORD_NAME = ".rvgen-record"  # JSON; not named .json: every *.json in the folder is a sidecar
 KEEP_RUNS = 100
+FAILURE = {"input": str, "variation": int, "reason": str, "digest": str, "time": str}
+PENDING = {"input": str, "variation": int, "digest": str}
+RUN = {"started": str, "seconds": float, "recipe": str, "digest": str, "done": int, "failed": int,
+       "not_started": int, "already_done": int, "devices": schema.Map(int), "signal": schema.Opt(str)}
 
 
 def now() -> str:
@@ -49,20 +53,41 @@ class FolderRecord:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
 
+    problems: list[str] = field(default_factory=list)
+    """What of the file was skipped, one line each (an entry that does not fit the schema)."""
+
     @classmethod
     def load(cls, folder: Path) -> FolderRecord:
-        """The record of ``folder`` (empty when there is none or it cannot be read)."""
+        """The record of ``folder`` (empty when there is none). Content that does not fit
+        :mod:`the schema <rvgen.batch.schema>` is left out, each part said in :attr:`problems`."""
         try:
-            data = json.loads((folder / RECORD_NAME).read_text())
-        except (OSError, ValueError):
+            data = schema.parse((folder / RECORD_NAME).read_bytes(), dict)
+        except FileNotFoundError:
             return cls()
-        if not isinstance(data, dict):
-            return cls()
+        except (OSError, schema.Invalid) as exc:
+            return cls(problems=[f"{RECORD_NAME}: {getattr(exc, 'strerror', None) or exc}; its content is left out"])
+        record = cls()
 
-        def part(key: str, kind: type) -> Any:
-            return data[key] if isinstance(data.get(key), kind) else kind()
+        def entries(key: str, spec, kind: type) -> list:
+            value = data.get(key, kind())
+            if not isinstance(value, kind):
+                record.problems.append(f"{RECORD_NAME}: {key}: expected {schema.NAMES[kind]}, got "
+                                       f"{schema.kind(value)}; left out")
+                return []
+            kept = []
+            for name, item in (value.items() if kind is dict else enumerate(value)):
+                try:
+                    schema.check(item, spec, f"{key}[{name!r}]" if kind is dict else f"{key}[{name}]")
+                except schema.Invalid as exc:
+                    record.problems.append(f"{RECORD_NAME}: {exc}; left out")
+                else:
+                    kept.append((name, item))
+            return kept
 
-        return cls(part("failures", dict), part("pending", dict), part("runs", list))
+        record.failures = dict(entries("failures", FAILURE, dict))
+        record.pending = dict(entries("pending", PENDING, dict))
+        record.runs = [item for _, item in entries("runs", RUN, list)]
+        return record
 
     def save(self, folder: Path) -> None:
         imageio.write_json({"failures": self.failures, "pending": self.pending, "runs": self.runs[-KEEP_RUNS:]},
