@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -131,17 +132,20 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     shard_k_n = parse_shard(shard) if shard else None
     if (recipe is None) == (from_image is None):
         raise UsageError("give a RECIPE or --from IMAGE (one of them)")
+    named: frozenset[str] = frozenset()
     if from_image is not None:
-        parsed = _recipe_from_image(from_image, overrides)
-        stem = Path(parsed.source).stem
+        parsed, named = _recipe_from_image(from_image, overrides)
+        stem = from_image.stem  # the image's own name: never a path its metadata gives
     else:
         recipe = resolve_recipe(recipe)
         parsed = load_recipe(recipe, overrides)
         stem = recipe.stem
     specs = ([WorkerSpec("dask", scheduler)] if scheduler
              else worker_specs(resolve_devices(gpus, devices), workers, threads=threads))
-    output = output or Path("rvgen-out") / stem
+    output = output or default_output(stem)
     check_folder(output, "--output")
+    if from_image is not None:
+        _from_notice(from_image, parsed, output, named)
     if log_file is not None:
         check_folder(log_file.parent, "--log-file", log_file)
     console = Console()
@@ -158,6 +162,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)
     key = prepare(parsed)
+    if from_image is not None:  # a reference only the image's metadata names gets no thumbnail or link on the page
+        key = replace(key, sources={name: source for name, source in key.sources.items() if f"task.{name}" in named})
     if dry_run:
         todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
         _print_plan(console, plan, jobs, todo, finished, specs, output, shard)
@@ -226,28 +232,58 @@ def make_folder(path: Path, option: str) -> None:
 
 
 def _provenance(image: Path) -> dict:
+    from rvgen.batch.schema import Invalid
     from rvgen.batch.sidecar import read_provenance
 
     if not image.is_file():
         raise UsageError(f"{image}: file not found")
-    data = read_provenance(image)
+    try:
+        data = read_provenance(image)
+    except Invalid as exc:
+        raise UsageError(f"{image}: {exc}; it cannot be used") from None
     if data is None:
         raise UsageError(f"{image}: says nothing of how it was made (no rvgen metadata in it, no sidecar beside it)")
     return data
 
 
 def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
-    """The recipe ``image`` records, with ``--set`` overrides, validated as a recipe file is."""
+    """The recipe ``image`` records, with ``--set`` overrides, validated as a recipe file is.
+    Its source is the image: the name the metadata gives is only text."""
     from rvgen.recipe import apply_overrides, parse_recipe
 
     data = _provenance(image)
     recorded = data["recipe"]
     resolved, cwd_keys = apply_overrides(recorded["resolved"], overrides)
-    parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(recorded.get("source") or image))
+    parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(image))
     if not overrides and recorded.get("digest") and parsed.digest() != recorded["digest"]:
-        click.echo(f"Warning: {image}: this rvgen resolves its recipe to digest {parsed.digest()}, not the recorded "
-                   f"{recorded['digest']}; results may differ", err=True)
-    return parsed
+        click.echo(f"Warning: {_shown(image)}: this rvgen resolves its recipe to digest {parsed.digest()}, not the "
+                   f"recorded {_shown(recorded['digest'])}; results may differ", err=True)
+    return parsed, cwd_keys
+
+
+def _shown(text) -> str:
+    """Text from a file or the command line, safe for the terminal (:func:`rvgen.batch.reporters.shown`)."""
+    from rvgen.batch.reporters import shown
+
+    return shown(text)
+
+
+def default_output(name: str) -> Path:
+    """``rvgen-out/NAME``: where a run's results go without ``--output`` (a name that is no
+    folder's, such as ``..``, is ``rvgen-out/results``)."""
+    return Path("rvgen-out") / (name if name.strip(".") and "/" not in name else "results")
+
+
+def _from_notice(image: Path, recipe, output: Path, named: frozenset[str]) -> None:
+    """What ``--from IMAGE`` will read (the files its recorded recipe names) and write, said
+    before anything is read or written; keys set with ``--set`` (``named``) are the user's."""
+    files = recipe.files()
+    for key, path in files[:20]:
+        mine = " (set with --set)" if key in named else " (named in the image's metadata)"
+        click.echo(f"--from {_shown(image)}: reads {key} = {_shown(path)}{mine}", err=True)
+    if len(files) > 20:
+        click.echo(f"--from {_shown(image)}: reads {len(files) - 20} more file(s)", err=True)
+    click.echo(f"--from {_shown(image)}: writes results, sidecars and the page in {_shown(output)}", err=True)
 
 
 def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Path, shard: str | None) -> None:
@@ -396,7 +432,7 @@ def info(image: Path, as_json: bool) -> None:
 
     data = _provenance(image)
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json.dumps(data, indent=2, sort_keys=True))  # ASCII: escapes included
         return
     recipe, inp, loss = data["recipe"], data.get("input", {}), data.get("loss") or {}
     versions = data.get("versions") or {}
@@ -416,9 +452,9 @@ def info(image: Path, as_json: bool) -> None:
         lines.append(f"loss:       {loss.get('initial', float('nan')):.4g} -> {loss['final']:.4g}"
                      + (f" ({terms})" if terms else ""))
     lines.append(f"iterations: {data.get('iterations', '?')} in {float(data.get('seconds', 0)):.1f} s")
-    click.echo("\n".join(lines))
-    click.echo("\n# the resolved recipe (rvgen run --from IMAGE runs it again)")
-    click.echo(recipe_toml(recipe["resolved"]), nl=False)
+    lines += ["", "# the resolved recipe (rvgen run --from IMAGE runs it again)"]
+    lines += recipe_toml(recipe["resolved"]).splitlines()
+    click.echo("\n".join(_shown(line) for line in lines))  # text from the file: no escape sequence reaches the terminal
 
 
 @cli.command()

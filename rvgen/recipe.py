@@ -29,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from rvgen import stacked
+from rvgen import imageio, stacked
 from rvgen.backbones import Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.lbfgs import TOLERANCE_WINDOW
@@ -147,6 +147,26 @@ class Recipe:
         size = self.output["size"]
         return {name: (src, max(1, round(long_side * size)) if isinstance(long_side, float) else long_side or size)
                 for name, (src, long_side) in self.build_task(registry).references().items()}
+
+    def files(self, registry: Registry | None = None) -> list[tuple[str, str]]:
+        """(dotted key, path) of every file this recipe reads besides the inputs: the values of
+        its ``path`` and ``images`` keys (a style image, each image of a style folder, an init
+        image, a weights file), keywords and scikit-image samples left out."""
+        registry = registry or get_registry()
+        tables = [("task", self.task, registry.get("task", self.task["name"], "task.name").cls.params),
+                  ("backbone", self.backbone, registry.get("backbone", self.backbone["name"], "backbone.name").cls.params)]
+        tables += [(f"losses.{name}", options, registry.get("loss", name, f"losses.{name}").cls.params)
+                   for name, options in self.losses.items()]
+        found = []
+        for section, values, params in tables:
+            for p in params:
+                value = values.get(p.name)
+                if p.kind not in ("path", "images") or value is None:
+                    continue
+                for path in [value] if isinstance(value, str) else value:
+                    if not (imageio.is_sample(path) or (p.choices and path in p.choices)):
+                        found.append((f"{section}.{p.name}", str(path)))
+        return found
 
     def build(self, device: str = "cpu", registry: Registry | None = None) -> Synthesizer:
         """The engine's :class:`~rvgen.engine.Synthesizer` for this recipe on ``device``: the task,

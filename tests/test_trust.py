@@ -3,13 +3,23 @@ the user's overwritten, nothing read from an edited sidecar, record or image's m
 used unchecked or shown raw, and numbers out of range refused before any work."""
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import write_recipe, write_sample
+from test_report import Page
 
+from rvgen import imageio
 from rvgen.cli import cli
+from rvgen.recipe import parse_recipe
 from rvgen.report.record import RECORD_NAME
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 RECONSTRUCT = '''
 [task]
@@ -102,3 +112,95 @@ def test_record_entries_of_the_wrong_types_are_left_out_never_written_as_markup(
     assert "failures['a.png'].variation: expected an integer" in result.stderr
     assert "pending: expected an object, got a list" in result.stderr
     assert "runs[1].done: expected an integer" in page
+
+
+STYLE = '''
+[task]
+name = "style"
+style = "private.png"
+style_layers = ["relu1_1"]
+content_layers = ["relu1_1"]
+
+[optimizer]
+iterations = 2
+
+[output]
+size = 32
+'''
+
+
+def crafted(path: Path, recipe_text: str, base: Path, **changes) -> Path:
+    """An image whose rvgen metadata records ``recipe_text`` (resolved from ``base``), with ``changes``."""
+    resolved = parse_recipe(tomllib.loads(recipe_text), base_dir=base).to_dict()
+    data = {"recipe": {"source": "r.toml", "digest": "0" * 16, "resolved": resolved},
+            "input": {"name": "coffee.png", "sha256": "0" * 16}, "loss": {"initial": 1.0, "final": 0.5},
+            "iterations": 2, "seconds": 1.0, "device": "cpu"}
+    data.update(changes)
+    text = changes.pop("text", None) or json.dumps(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.save_image(imageio.load_image("skimage:coffee", 32), path, "png", metadata={"rvgen": text})
+    return path
+
+
+def test_from_writes_to_a_folder_named_after_the_image_never_one_its_metadata_names(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "index.html").write_text("mine")
+    monkeypatch.chdir(here)
+    image = crafted(tmp_path / "made.png", RECONSTRUCT, tmp_path,
+                    recipe={"source": "..", "digest": "0" * 16,
+                            "resolved": parse_recipe(tomllib.loads(RECONSTRUCT)).to_dict()})
+    result = run("run", "--from", image, "-i", "skimage:coffee")
+    assert result.exit_code == 0, result.output
+    assert f"writes results, sidecars and the page in {Path('rvgen-out') / 'made'}" in result.stderr
+    assert (here / "rvgen-out" / "made" / "coffee.png").is_file()
+    assert (here / "index.html").read_text() == "mine" and sorted(p.name for p in here.iterdir()) == ["index.html",
+                                                                                                   "rvgen-out"]
+
+
+def test_from_names_every_file_its_recipe_reads_and_the_page_shows_none_of_them(tmp_path):
+    private = write_sample(tmp_path / "private.png", "astronaut", 40)
+    image = crafted(tmp_path / "made.png", STYLE, tmp_path)
+    out = tmp_path / "out"
+    dry = run("run", "--from", image, "-i", "skimage:coffee", "-o", out, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert f"reads task.style = {private} (named in the image's metadata)" in dry.stderr
+    assert f"writes results, sidecars and the page in {out}" in dry.stderr
+    assert not out.exists()
+    result = run("run", "--from", image, "-i", "skimage:coffee", "-o", out)
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    assert "private.png\"" not in page and "href=\"../private.png" not in page
+    assert Page(page).hrefs and all("private" not in url for url in Page(page).hrefs + Page(page).srcs)
+    assert json.loads((out / "coffee.png.json").read_text())["reference_files"] == {}
+    # named on the command line, the style image is the user's: shown and linked
+    again = run("run", "--from", image, "-i", "skimage:coffee", "-o", tmp_path / "out2", "--set",
+                f"task.style={private}")
+    assert again.exit_code == 0, again.output
+    assert "(set with --set)" in again.stderr
+    assert any("private.png" in url for url in Page((tmp_path / "out2" / "index.html").read_text()).hrefs)
+
+
+def test_info_escapes_what_the_metadata_says_for_the_terminal(tmp_path):
+    image = crafted(tmp_path / "made.png", RECONSTRUCT, tmp_path,
+                    input={"name": "a\x1b[2J\x1b]0;pwned\x07.png", "sha256": "\u202eabc"})
+    result = run("info", image)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "\u202e" not in result.output
+    assert "input:      a\\x1b[2J\\x1b]0;pwned\\x07.png (sha256 \\u202eabc)" in result.output
+
+
+@pytest.mark.parametrize("changes,reason", [
+    ({"recipe": {"source": "r.toml"}}, "recipe.resolved: missing"),
+    ({"recipe": {"resolved": [1, 2]}}, "recipe.resolved: expected an object, got a list"),
+    ({"text": "[" * 100_000 + "]" * 100_000}, "nested more than 32 levels deep"),
+    ({"loss": {"final": "low"}}, "loss.final: expected a number, got the text \"low\""),
+    ({"seconds": [1]}, "seconds: expected a number, got a list"),
+])
+def test_crafted_metadata_is_one_line_exit_2_from_info_and_from(tmp_path, changes, reason):
+    image = crafted(tmp_path / "made.png", RECONSTRUCT, tmp_path, **changes)
+    for args in (["info", image], ["run", "--from", image, "-i", "skimage:coffee", "-o", tmp_path / "out"]):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"Error: {image}: its rvgen metadata: {reason}; it cannot be used"
+    assert not (tmp_path / "out").exists()

@@ -137,7 +137,7 @@ RESOLVED = {  # a resolved recipe (Recipe.to_dict); parse_recipe checks every ke
     "losses?": Map(dict),
     "terms?": List(dict),
 }
-LOSS = {"initial?": Opt(NUMBER), "final?": Opt(NUMBER), "terms?": Map(NUMBER)}
+LOSS = {"initial?": NUMBER, "final?": NUMBER, "terms?": Map(NUMBER)}
 HISTORY = List(List(NUMBER, 2))
 SIDECAR = {
     "input": {"name": str, "source?": str, "sha256": str, "size?": int, "mtime_ns?": int},
