@@ -36,6 +36,9 @@ MAX_SIZE = 8192
 images that do not fit in memory whole are evaluated in tiles."""
 MIN_SIZE = 8
 """The smallest side in pixels of a ``size`` value."""
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds torch's random generators take (a 64-bit integer, signed or not): the bounds of
+every seed key, so a seed out of range is a recipe error before any work."""
 SHOWN = 80
 """Characters of a value an error message shows; longer ones are cut with '...'."""
 

@@ -70,6 +70,45 @@ def load_references(sources: Mapping[str, tuple[str, int]]) -> dict[str, torch.T
     return images
 
 
+def check_references(synth: Any, shapes: Mapping[str, tuple[int, int]], size: int) -> None:
+    """A recipe error unless every reference image of ``shapes`` (name -> (H, W), at the size it
+    is used at) keeps :attr:`Synthesizer.min_side` pixels on each side at the pyramid's
+    smallest level for an input at output size ``size`` (a square one, which has the most
+    levels): otherwise every image would fail as too small."""
+    min_side = synth.min_side
+    canvas = tuple(synth.task.canvas(torch.zeros(1, 3, size, size)))
+    factor = synth.pyramid.levels(canvas, min_side)[0]
+    for name, shape in shapes.items():
+        small = scaled(shape, factor)
+        if min(small) < min_side:
+            level = (f", {small[1]}x{small[0]} px at the pyramid's smallest level (1/{round(1 / factor)})"
+                     if factor < 1 else "")
+            raise RecipeError(f"task.{name}: image too small: {shape[1]}x{shape[0]} px{level}, and the layers used "
+                              f"need at least {min_side} px on each side; use a larger image or size"
+                              + (", or fewer optimizer.scales" if factor < 1 else ""))
+
+
+def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
+    """The checks that need the recipe's network, made once before any work: every reference
+    image opens and keeps enough pixels at every level (:func:`check_references`), and
+    ``optimizer.tile_size`` is a multiple of the stride of the deepest layer used (tiles
+    start on that grid). A recipe that needs neither builds no network here."""
+    references = load_references(recipe.references(registry))
+    tile = recipe.execution.tile_size
+    if not references and tile is None:
+        return
+    synth = recipe.build("cpu", registry)
+    geometry = synth.objective.geometry if tile is not None else None
+    if geometry is not None and tile % geometry.stride:
+        deepest = max(geometry.strides, key=geometry.strides.get)
+        lower, upper = tile // geometry.stride * geometry.stride, -(-tile // geometry.stride) * geometry.stride
+        choices = f"{lower} or {upper}" if lower else str(upper)
+        raise RecipeError(f"optimizer.tile_size: {tile} is not a multiple of {geometry.stride}, the network's stride at "
+                          f"{deepest} (tiles start on that grid); use {choices}")
+    check_references(synth, {name: tuple(image.shape[-2:]) for name, image in references.items()
+                             if name in synth.reference_names}, recipe.output["size"])
+
+
 class Pipeline:
     """A recipe built on ``device``. ``references`` (name -> image tensor) skips reading the
     task's reference images from disk (a Dask worker gets them sent)."""
@@ -84,10 +123,7 @@ class Pipeline:
         self.synth.set_references(references)
         self.reference_shapes = {name: tuple(image.shape[-2:]) for name, image in references.items()
                                  if name in self.synth.reference_names}
-        for name, shape in self.reference_shapes.items():
-            if min(shape) < self.min_side:
-                raise RecipeError(f"task.{name}: image too small: {shape[1]}x{shape[0]} px, and the layers used "
-                                  f"need at least {self.min_side} px on each side; use a larger image or size")
+        check_references(self.synth, self.reference_shapes, self.size)
 
     @classmethod
     def from_recipe(cls, recipe: str | Path, overrides: Sequence[str] = (), device: str = "cpu",

@@ -35,8 +35,9 @@ from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidCon
 from rvgen.engine.lbfgs import TOLERANCE_WINDOW
 from rvgen.engine.parametrize import PARAMETRIZATIONS
 from rvgen.engine.precision import PRECISIONS
+from rvgen.engine.synth import VARIATION_SEED_STRIDE
 from rvgen.errors import RecipeError
-from rvgen.params import MAX_SIZE, REQUIRED, Context, Param, describe, suggest, unknown, validate
+from rvgen.params import MAX_SIZE, REQUIRED, SEED_RANGE, Context, Param, describe, suggest, unknown, validate
 from rvgen.plugins import Registry, get_registry
 
 MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
@@ -402,6 +403,10 @@ def parse_recipe(
         variations=task.variations(),
         neutral_defaults=frozenset(neutral),
     )
+    seed = task_opts.get("seed")
+    if isinstance(seed, int) and seed + VARIATION_SEED_STRIDE * (recipe.variations - 1) > SEED_RANGE[1]:
+        raise RecipeError(f"task.seed: {seed} leaves no seed for {recipe.variations} variations (variation k draws "
+                          f"from seed + {VARIATION_SEED_STRIDE} k, at most {SEED_RANGE[1]}); use a smaller seed")
     for name, (_, long_side) in recipe.references(registry).items():
         if long_side > MAX_SIZE:
             raise RecipeError(f"task.{name}: the image would be {long_side} px on its long side, more than "

@@ -204,3 +204,52 @@ def test_crafted_metadata_is_one_line_exit_2_from_info_and_from(tmp_path, change
         assert result.exit_code == 2, result.output
         assert result.output.strip() == f"Error: {image}: its rvgen metadata: {reason}; it cannot be used"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key", ["task.seed", "backbone.seed"])
+def test_a_seed_torch_cannot_take_is_exit_2_before_any_work(tmp_path, key):
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
+    result = run("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--set", f"{key}=99999999999999999999999")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: {key}: must be at most 18446744073709551615, got 99999999999999999999999"
+    assert not (tmp_path / "out").exists()
+    assert run("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--dry-run",
+               "--set", f"{key}=18446744073709551615").exit_code == 0
+
+
+def test_the_seed_bound_holds_for_the_last_variation(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT.replace('name = "reconstruct"\nlayer = "relu1_1"',
+                                                                   'name = "texture"\nvariations = 3'))
+    top = 2**64 - 1
+    result = run("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--set", f"task.seed={top - 7919}")
+    assert result.exit_code == 2, result.output
+    assert f"Error: task.seed: {top - 7919} leaves no seed for 3 variations" in result.output
+    assert run("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--dry-run",
+               "--set", f"task.seed={top - 2 * 7919}").exit_code == 0
+
+
+def test_a_style_image_too_small_for_the_pyramids_smallest_level_is_exit_2(tmp_path):
+    write_sample(tmp_path / "private.png", "astronaut", 40)
+    recipe = write_recipe(tmp_path / "r.toml", STYLE.replace('style_layers = ["relu1_1"]', 'style_layers = ["relu5_1"]\n'
+                                                                                            'style_size = 24'))
+    args = ("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--set", "output.size=64")
+    assert run(*args, "--dry-run").exit_code == 0, "one scale: 24 px is enough for relu5_1"
+    result = run(*args, "--set", "optimizer.scales=2", "--set", "optimizer.min_size=32")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("Error: task.style: image too small: 24x24 px, 12x12 px at the pyramid's smallest "
+                                     "level (1/2), and the layers used need at least 16 px on each side; use a larger "
+                                     "image or size, or fewer optimizer.scales")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tile_size_off_the_networks_grid_is_refused_naming_the_sizes_that_fit(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT.replace('"relu1_1"', '"relu5_1"'))
+    args = ("run", recipe, "-i", "skimage:coffee", "-o", tmp_path / "out", "--dry-run")
+    result = run(*args, "--set", "optimizer.tile_size=20")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("Error: optimizer.tile_size: 20 is not a multiple of 16, the network's stride at "
+                                     "relu5_1 (tiles start on that grid); use 16 or 32")
+    assert run(*args, "--set", "optimizer.tile_size=32").exit_code == 0
+    shallow = write_recipe(tmp_path / "s.toml", RECONSTRUCT.replace('"relu1_1"', '"relu3_1"'))
+    assert run("run", shallow, "-i", "skimage:coffee", "-o", tmp_path / "out", "--dry-run",
+               "--set", "optimizer.tile_size=20").exit_code == 0, "relu3_1's stride is 4"

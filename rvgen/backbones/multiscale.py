@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from rvgen.backbones import Backbone
 from rvgen.hookspecs import hookimpl
-from rvgen.params import Param
+from rvgen.params import SEED_RANGE, Param
 
 SIZES = (3, 5, 7, 11, 15, 23, 37, 55)
 ALL = "all"
@@ -90,7 +90,8 @@ class RandomMultiscale(Backbone):
     layer_aliases = {"relu1_1": "k3", "relu2_1": "k11", "relu3_1": "k23", "relu4_1": "k55",
                      "relu4_2": "k55", "relu5_1": ALL}
     params = (
-        Param("seed", int, 0, "seed of the random filters: (seed, width) is the network"),
+        Param("seed", int, 0, "seed of the random filters: (seed, width) is the network",
+              minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
         Param("width", int, 128, "filters per size (the paper: 128, 1024 channels in all)", minimum=1, maximum=1024),
         Param("normalize", str, "imagenet", "input normalisation before the filters", choices=("imagenet", "none")),
     )

@@ -31,7 +31,7 @@ from torch import nn
 
 from rvgen.backbones import Backbone, full_precision
 from rvgen.hookspecs import hookimpl
-from rvgen.params import Param
+from rvgen.params import SEED_RANGE, Param
 
 # Blocks per stage, as torchvision's resnet18 and resnet50 build them.
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -79,7 +79,8 @@ class RandomResNet(Backbone):
     }
     variants = {"softmax": {"softmax": True}, "plain": {"softmax": False}}
     params = (
-        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
+        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network",
+              minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
         Param("init", str, "torchvision", "conv weights: torchvision's ResNet init (He normal, fan-out) or "
               "PyTorch's uniform conv default", choices=("torchvision", "uniform")),
         Param("softmax", bool, False, "softmax over channels before the losses (Wang et al. 2021)"),

@@ -19,7 +19,7 @@ from torch import nn
 from rvgen.backbones import PIXELS, Backbone, full_precision
 from rvgen.engine.tiling import TileGeometry
 from rvgen.hookspecs import hookimpl
-from rvgen.params import MAX_SIZE, Param
+from rvgen.params import MAX_SIZE, SEED_RANGE, Param
 
 # torchvision.models.vgg.cfgs["D"] and ["E"], copied so that listing layers (validating a
 # recipe, ``rvgen plugins``) does not import torchvision; a test checks they stay equal.
@@ -141,7 +141,8 @@ class RandomVGG(VGGFeatures):
         "max": {"pooling": "max"},
     }
     params = (
-        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network"),
+        Param("seed", int, 0, "seed of the random weights: (architecture, seed, init) is the network",
+              minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
         Param("init", str, "uniform", "weight distribution (uniform: PyTorch's default conv init, best in our measurements)",
               choices=("uniform", "kaiming", "normal")),
         Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),

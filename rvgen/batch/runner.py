@@ -28,16 +28,17 @@ from rvgen.batch.sidecar import RunKey
 from rvgen.batch.signals import stop_signals
 from rvgen.batch.summary import Reporter, RunInfo, Summary, Tracker, WorkerSpec
 from rvgen.imageio import is_temporary
-from rvgen.pipeline import load_references
+from rvgen.pipeline import preflight
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
 
 
 def prepare(recipe: Recipe, registry: Registry | None = None) -> RunKey:
-    """Check the task's reference images open (a broken style image is a recipe error, before
-    any work) and make the run's key from the recipe and their hashes."""
+    """Check the task's reference images open and are large enough, and what else needs the
+    network (:func:`rvgen.pipeline.preflight`: a recipe error, before any work), and make the
+    run's key from the recipe and their hashes."""
     sources = {name: str(source) for name, (source, _) in recipe.references(registry).items()}
-    load_references({name: (source, 16) for name, source in sources.items()})
+    preflight(recipe, registry)
     return RunKey.of(recipe.digest(), sources)
 
 

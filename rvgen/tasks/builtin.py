@@ -13,13 +13,14 @@ from rvgen.engine.objective import Term
 from rvgen.engine.pyramid import resize
 from rvgen.errors import RecipeError
 from rvgen.hookspecs import hookimpl
-from rvgen.params import MAX_SIZE, REQUIRED, Param, clip
+from rvgen.params import MAX_SIZE, REQUIRED, SEED_RANGE, Param, clip
 from rvgen.tasks import Metric, Task, white_noise
 from rvgen.tasks.colors import keep_colors, match_colors
 
 MAX_VARIATIONS = 1000  # results per input a recipe may ask for
 
-SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)")
+SEED = Param("seed", int, 0, "seed of the starting noise (variation k draws from seed + 7919 k)",
+             minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
 TV_WEIGHT = Param("tv_weight", float, 0.0, "weight of total variation on the pixels (smoothness)", minimum=0.0)
 WEIGHTING = Param("weighting", str, "auto",
                   "how the style layers share their weight: auto (the paper's gradient rule), equal, or a table",
