@@ -116,6 +116,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee, shown
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
     from rvgen.batch.sidecar import split_finished
+    from rvgen.batch.steps import remove_steps
     from rvgen.batch.summary import RunInfo, WorkerSpec
     from rvgen.imageio import FORMAT_NAMES
     from rvgen.recipe import load_recipe
@@ -193,6 +194,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     try:
         with OutputLock(output).acquire(wait=wait, on_wait=waiting):
             remove_leftovers(output)
+            if not parsed.output["keep_steps"]:  # a killed run's step images, which it would have removed
+                remove_steps(jobs)
             todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
             run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
             summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)

@@ -63,6 +63,9 @@ class Param:
     digest_neutral: bool = False
     """True for a key added after results were made whose default reproduces them: while it
     holds its default it is left out of the recipe digest, so nothing made before is redone."""
+    result_neutral: bool = False
+    """True for a key that never changes a result (which intermediate images are written and
+    kept): left out of the recipe digest whatever its value."""
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in VALUE_KINDS:

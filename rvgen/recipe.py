@@ -75,9 +75,9 @@ OUTPUT_PARAMS = (
     Param("format", str, "png", "file format of the results", choices=("png", "jpg", "webp")),
     Param("quality", int, 95, "JPEG/WebP quality", minimum=1, maximum=100),
     Param("save_every", int, 0, "also write the image every N iterations as STEM.iterNNN.FORMAT beside the result "
-          "(0: never; not with --backend dask)", minimum=0, maximum=MAX_ITERATIONS, digest_neutral=True),
-    Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them",
-          digest_neutral=True),
+          "(0: never; not with --backend dask)", minimum=0, maximum=MAX_ITERATIONS, result_neutral=True),
+    Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them "
+          "(and those a killed run left, when the next run starts)", result_neutral=True),
 )
 TERM_PARAMS = (
     Param("loss", str, REQUIRED, "the loss plugin", kind="loss"),
@@ -112,7 +112,7 @@ class Recipe:
     execution: ExecutionConfig = ExecutionConfig()
     pyramid: PyramidConfig = PyramidConfig()
     neutral_defaults: frozenset[str] = frozenset()
-    """Dotted keys at a ``digest_neutral`` default, left out of the digest."""
+    """Dotted keys left out of the digest: at a ``digest_neutral`` default, or ``result_neutral``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, paths absolute)."""
@@ -415,9 +415,10 @@ def parse_recipe(
 
 
 def neutral_defaults(section: str, values: Mapping[str, Any], params: Sequence[Param]) -> set[str]:
-    """Dotted keys of ``section`` declared ``digest_neutral`` whose value is their default."""
-    return {f"{section}.{p.name}" for p in params
-            if p.digest_neutral and p.name in values and values[p.name] == p.default}
+    """Dotted keys of ``section`` left out of the digest: those declared ``digest_neutral``
+    whose value is their default, and those declared ``result_neutral`` whatever it is."""
+    return {f"{section}.{p.name}" for p in params if p.name in values
+            and (p.result_neutral or (p.digest_neutral and values[p.name] == p.default))}
 
 
 def _parse_terms(items: Any, task: Any, ctx: Context, registry: Registry) -> list[Term]:

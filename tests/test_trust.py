@@ -12,8 +12,10 @@ from conftest import write_recipe, write_sample
 from test_report import Page
 
 from rvgen import imageio
+from rvgen.batch.jobs import plan_jobs
+from rvgen.batch.steps import write_step
 from rvgen.cli import cli
-from rvgen.recipe import parse_recipe
+from rvgen.recipe import load_recipe, parse_recipe
 from rvgen.report.record import RECORD_NAME
 
 if sys.version_info >= (3, 11):
@@ -253,3 +255,26 @@ def test_a_tile_size_off_the_networks_grid_is_refused_naming_the_sizes_that_fit(
     shallow = write_recipe(tmp_path / "s.toml", RECONSTRUCT.replace('"relu1_1"', '"relu3_1"'))
     assert run("run", shallow, "-i", "skimage:coffee", "-o", tmp_path / "out", "--dry-run",
                "--set", "optimizer.tile_size=20").exit_code == 0, "relu3_1's stride is 4"
+
+
+def test_keep_steps_and_save_every_leave_the_digest_alone(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
+    digest = load_recipe(recipe).digest()
+    assert load_recipe(recipe, ["output.keep_steps=false"]).digest() == digest
+    assert load_recipe(recipe, ["output.save_every=1", "output.keep_steps=false"]).digest() == digest
+
+
+def test_a_run_without_keep_steps_removes_the_step_images_a_killed_run_left_and_no_other_file(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
+    out = tmp_path / "out"
+    parsed = load_recipe(recipe, ["output.save_every=1", "output.keep_steps=false"])
+    (job,) = plan_jobs("skimage:coffee", out).jobs
+    image = imageio.load_image("skimage:coffee", 32)
+    left = [write_step(parsed, job, image, i, 300) for i in (1, 2, 3)]  # as a run killed at iteration 3 left them
+    assert all(p.is_file() for p in left) and left[0].name == "coffee.iter001.png"
+    mine = write_sample(out / "coffee.iter007.png", "brick", 16)  # the user's own, named like a step image
+    assert write_step(parsed, job, image, 7, 300) is None, "a file rvgen did not make is never replaced"
+    result = run("run", recipe, "-i", "skimage:coffee", "-o", out, "--set", "output.keep_steps=false")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("coffee.iter*")) == ["coffee.iter007.png"] and mine.is_file()
+    assert (out / "coffee.png").is_file()

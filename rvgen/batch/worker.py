@@ -29,8 +29,9 @@ from rvgen.batch.events import (
     Step,
 )
 from rvgen.batch.jobs import Job
-from rvgen.batch.sidecar import RunKey, write_image, write_result
+from rvgen.batch.sidecar import RunKey, write_result
 from rvgen.batch.signals import Stopped
+from rvgen.batch.steps import write_step
 from rvgen.engine import Progress, Result
 from rvgen.errors import RvgenError
 from rvgen.params import clip
@@ -121,10 +122,11 @@ class Worker:
         return callback
 
     def _save_step(self, job: Job, progress: Progress) -> None:
-        """``output.save_every``: the image at this iteration, beside the output."""
-        path = job.step(progress.iteration, progress.iterations)
-        write_image(self.recipe, job, progress.image, path)
-        self.steps.setdefault(job, []).append(path)
+        """``output.save_every``: the image at this iteration, beside the output (never over a
+        file rvgen did not make: :func:`rvgen.batch.steps.write_step`)."""
+        path = write_step(self.recipe, job, progress.image, progress.iteration, progress.iterations)
+        if path is not None:
+            self.steps.setdefault(job, []).append(path)
 
     def _drop_steps(self, job: Job) -> None:
         """Forget the job's step images; remove them unless ``output.keep_steps``."""
