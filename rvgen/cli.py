@@ -154,7 +154,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         input_spec = DEFAULT_SAMPLES
         if not quiet:
             console.print(f"no --input given: using scikit-image's sample photos ({input_spec})", highlight=False)
-    plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"])
+    plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"],
+                     steps=parsed.output["save_every"] > 0)
     if not plan.jobs:
         shown = ", ".join(plan.ignored[:3]) + (" ..." if len(plan.ignored) > 3 else "")
         ignored = f"; ignored: {shown}" if shown else ""

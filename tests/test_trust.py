@@ -278,3 +278,35 @@ def test_a_run_without_keep_steps_removes_the_step_images_a_killed_run_left_and_
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("coffee.iter*")) == ["coffee.iter007.png"] and mine.is_file()
     assert (out / "coffee.png").is_file()
+
+
+def test_a_step_image_that_could_overwrite_an_input_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    step_like = write_sample(out / "sub" / "a.iter1.png", "coffee", 32)  # where a step image of out/sub/a.png goes
+    write_sample(out / "sub" / "sub" / "a.png", "chelsea", 32)  # input sub/a.png: its result is out/sub/a.png
+    before = step_like.read_bytes()
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
+    result = run("run", recipe, "-i", out / "sub", "-o", out, "--set", "output.save_every=1")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"Error: the step images of sub/a.png (output.save_every, a.iterN.png) could "
+                                     f"overwrite the input {step_like}; rvgen never overwrites an input: choose an "
+                                     "--output apart from the inputs")
+    assert step_like.read_bytes() == before and not (out / "sub" / "a.png").exists()
+    assert plan_jobs(str(out / "sub"), out).jobs, "without steps the plan is fine"
+
+
+def test_an_input_whose_sidecar_name_would_be_too_long_is_refused_before_any_work(tmp_path):
+    name = "n" * 248 + ".png"  # 252 bytes: the result is a 252-byte name, its sidecar 257
+    write_sample(tmp_path / "in" / name, "coffee", 32)
+    recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
+    out = tmp_path / "out"
+    result = run("run", recipe, "-i", tmp_path / "in", "-o", out)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"Error: input {name}: the name of its sidecar would be 257 bytes, more than the "
+                                     f"255 the file system of --output {out} takes: rename the input")
+    assert not out.exists()
+    short = "n" * 246 + ".png"  # a 255-byte sidecar name fits; its step images (.iter + 7 digits) would not
+    (tmp_path / "in" / name).rename(tmp_path / "in" / short)
+    assert run("run", recipe, "-i", tmp_path / "in", "-o", out, "--dry-run").exit_code == 0
+    steps = run("run", recipe, "-i", tmp_path / "in", "-o", out, "--set", "output.save_every=1")
+    assert steps.exit_code == 2 and "the name of its step images would be 262 bytes" in steps.output

@@ -6,8 +6,9 @@ the output folder, so ``photos/2024/a.jpg`` becomes ``out/2024/a.png``. Inputs w
 would share a name keep their extension in it (``a.jpg.png``, ``a.png.png``); names are
 compared ignoring case, so a folder makes the same outputs on every file system.
 
-The plan never loses data: no output is an input, no two jobs share an output, and every
-output lies inside the output folder once links are followed; a plan that would break one
+The plan never loses data: no output (nor, with ``output.save_every``, a step image) is an
+input, no two jobs share an output, every output lies inside the output folder once links
+are followed, and every name fits the output's file system; a plan that would break one
 of these is refused (:class:`~rvgen.errors.UsageError`) before any work. Files of the input
 folder that give no job are listed with the reason (:attr:`Plan.ignored`); hidden ones are not.
 """
@@ -189,9 +190,41 @@ def _outside(output_dir: Path, folder: Path) -> str:
     return f"{folder} lies at {_resolve(folder)}"
 
 
-def _check_outputs(jobs: list[Job], output_dir: Path) -> None:
+STEP_DIGITS = 7  # the most digits a step image's iteration has (MAX_ITERATIONS a level, 16 levels)
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` (or the nearest part of
+    it that exists) takes; 255 where it does not say."""
+    for part in [folder, *folder.parents]:
+        if part.exists():
+            try:
+                return int(os.pathconf(part, "PC_NAME_MAX"))
+            except (OSError, ValueError, AttributeError):
+                return 255
+    return 255
+
+
+def _check_name_lengths(jobs: list[Job], output_dir: Path, steps: bool) -> None:
+    """Refuse a plan with a job whose files (result, sidecar, step images) would have names
+    longer than the output's file system takes: its result would be written and its sidecar
+    not, on every run."""
+    limit = _name_max(output_dir)
+    for job in jobs:
+        names = {"result": job.output.name, "sidecar": job.sidecar.name}
+        if steps:
+            names["step images"] = f"{job.output.stem}.iter{'0' * STEP_DIGITS}{job.output.suffix}"
+        for what, name in names.items():
+            size = len(os.fsencode(name))
+            if size > limit:
+                raise UsageError(f"input {job.rel}: the name of its {what} would be {size} bytes, more than the "
+                                 f"{limit} the file system of --output {output_dir} takes: rename the input")
+
+
+def _check_outputs(jobs: list[Job], output_dir: Path, steps: bool = False) -> None:
     """Refuse a plan that would write outside ``output_dir`` through a link, write one file
-    twice (through two folders that a link makes one), or overwrite an input. Paths are
+    twice (through two folders that a link makes one), or overwrite an input, with its
+    result, its sidecar or (``steps``: ``output.save_every``) its step images. Paths are
     compared with links followed and ignoring case."""
     root = _resolve(output_dir)
     real: dict[Path, str] = {}  # a folder -> its path with links followed
@@ -220,11 +253,18 @@ def _check_outputs(jobs: list[Job], output_dir: Path) -> None:
         if clash is not None:
             raise UsageError(f"the result of {clash[0].rel} ({clash[1]}) would overwrite the input {source}; "
                              "rvgen never overwrites an input: choose an --output apart from the inputs")
+        step = STEP_NAME.fullmatch(os.path.basename(target)) if steps else None
+        owner = written.get(os.path.join(os.path.dirname(target), step[1] + step[2]).casefold()) if step else None
+        if owner is not None and owner[1] == owner[0].output:
+            raise UsageError(f"the step images of {owner[0].rel} (output.save_every, {owner[1].stem}.iterN"
+                             f"{owner[1].suffix}) could overwrite the input {source}; rvgen never overwrites an "
+                             "input: choose an --output apart from the inputs")
 
 
-def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png") -> Plan:
+def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png", steps: bool = False) -> Plan:
     """The jobs for ``input_spec`` into ``output_dir``; raises :class:`~rvgen.errors.UsageError`
-    for a plan that would lose data (see the module's docstring)."""
+    for a plan that would lose data or could not write a job's files (see the module's
+    docstring). ``steps``: the jobs also write step images (``output.save_every``)."""
     inputs, ignored = find_inputs(input_spec, exclude=output_dir)
     names = _output_names([str(rel) for _, rel in inputs], variations, fmt)
     jobs = [
@@ -232,7 +272,8 @@ def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str =
         for (source, rel), outputs in zip(inputs, names)
         for v, name in enumerate(outputs)
     ]
-    _check_outputs(jobs, output_dir)
+    _check_outputs(jobs, output_dir, steps)
+    _check_name_lengths(jobs, output_dir, steps)
     return Plan(jobs=jobs, ignored=ignored)
 
 
