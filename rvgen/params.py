@@ -29,7 +29,8 @@ REQUIRED: Any = _Required()
 # them using the context: ``path`` against the recipe's folder, ``layer``/``layers``
 # against the backbone's layer names, ``weighting`` against the layers of its term;
 # ``images`` is one image (a path, kept a string), a folder (its images) or a list of paths.
-VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss")
+# ``counts`` is one whole number or a non-empty list of them, each within the bounds.
+VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss", "counts")
 
 MAX_SIZE = 8192
 """The largest side in pixels a recipe may ask for (an output, a texture, a style image);
@@ -81,6 +82,8 @@ class Param:
             return "int | [width, height]"
         if self.kind == "images":
             return "path | folder | list of paths"
+        if self.kind == "counts":
+            return "int | [int, ...]"
         if self.kind in ("path", "layer", "loss"):
             return self.kind
         return self.type.__name__
@@ -298,6 +301,14 @@ def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
             if not low <= side <= high:
                 raise RecipeError(f"{key}: each side must be from {number(low)} to {number(high)} pixels, got {side}")
         return value if isinstance(value, int) else list(value)
+    if p.kind == "counts":
+        counts = [value] if _type_ok(value, int) else value if isinstance(value, list) and value else None
+        if counts is None or not all(_type_ok(v, int) for v in counts):
+            raise RecipeError(f"{key}: expected a whole number or a non-empty list of them, got {describe(value)}")
+        for v in counts:
+            if (p.minimum is not None and v < p.minimum) or (p.maximum is not None and v > p.maximum):
+                raise RecipeError(f"{key}: each value must be from {number(p.minimum)} to {number(p.maximum)}, got {v}")
+        return value if isinstance(value, int) else list(value)
     return value
 
 
@@ -305,13 +316,13 @@ def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
     """Validate one value against its declaration; returns the normalised value."""
     if value is None and p.nullable:
         return None
-    if p.kind not in ("weighting", "size", "images") and not _type_ok(value, p.type):
+    if p.kind not in ("weighting", "size", "images", "counts") and not _type_ok(value, p.type):
         raise RecipeError(f"{key}: expected {p.type_name}, got {describe(value)}")
     if p.type is float and p.kind is None:
         value = finite(float(value), key)
     if p.choices is not None and value not in p.choices and p.kind != "path":  # a path's choices are keywords
         raise unknown("value", key, value, [str(c) for c in p.choices])
-    if p.kind != "size" and _type_ok(value, float):  # a size's bounds hold for each side
+    if p.kind not in ("size", "counts") and _type_ok(value, float):  # their bounds hold for each value
         if p.minimum is not None and value < p.minimum:
             raise RecipeError(f"{key}: must be at least {number(p.minimum)}, got {value}")
         if p.maximum is not None and value > p.maximum:

@@ -56,15 +56,20 @@ OPTIMIZER_PARAMS = (
     Param("tolerance", float, 0.0, "L-BFGS stops an image once its loss fell by less than this fraction over the "
           f"last {TOLERANCE_WINDOW} iterations (0: it runs all its iterations)", minimum=0.0, maximum=1.0,
           digest_neutral=True),
-    Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 (TF32 on CUDA) "
-          "or bf16; Grams and losses are always fp32", choices=PRECISIONS),
+    Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA and on CPUs with native bf16, "
+          "AVX512-BF16 or AMX; fp32 elsewhere), fp32 (TF32 on CUDA) or bf16; Grams and losses are always fp32",
+          choices=PRECISIONS),
     Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
           "one at a time on a CPU)", minimum=1, maximum=1024, nullable=True),
-    Param("scales", int, 1, "levels of the multi-scale pyramid, each half the size of the next; 1 = single scale",
+    Param("scales", int, 1, "levels of the multi-scale pyramid, each 1/scale_step the size of the next; 1 = single "
+          "scale",
           minimum=1, maximum=16),
     Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8, maximum=MAX_SIZE),
-    Param("scale_iterations", int, None, "iterations at each level below the output size "
-          "(default: the same as iterations)", minimum=1, maximum=MAX_ITERATIONS, nullable=True),
+    Param("scale_iterations", int, None, "iterations at each level below the output size: one number for all, or "
+          "a list from the coarsest level up to the one below the output size (default: the same as iterations)",
+          minimum=1, maximum=MAX_ITERATIONS, nullable=True, kind="counts"),
+    Param("scale_step", float, 2.0, "size ratio between neighbouring pyramid levels (2: each half the next; "
+          "1.414: more, closer levels)", minimum=1.1, maximum=4.0, digest_neutral=True),
     Param("tile_size", int, None, "evaluate images whose long side exceeds this many pixels in tiles of it, "
           "exactly (default: only when a whole image does not fit in memory); a multiple of 16 for VGG",
           minimum=16, maximum=MAX_SIZE, nullable=True, digest_neutral=True),
@@ -92,7 +97,7 @@ TERM_PARAMS = (
 
 OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search", "parametrization", "tolerance")
 EXECUTION_FIELDS = ("precision", "batch_size", "tile_size")
-PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations")
+PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations", "scale_step")
 
 
 @dataclass(frozen=True)
@@ -394,7 +399,8 @@ def parse_recipe(
         backbone={"name": backbone_name, **backbone_opts},
         optimizer=OptimizerConfig(**{k: optimizer[k] for k in OPTIMIZER_FIELDS}),
         execution=ExecutionConfig(**{k: optimizer[k] for k in EXECUTION_FIELDS}),
-        pyramid=PyramidConfig(**{k: optimizer[k] for k in PYRAMID_FIELDS}),
+        pyramid=PyramidConfig(**{k: tuple(optimizer[k]) if isinstance(optimizer[k], list) else optimizer[k]
+                                 for k in PYRAMID_FIELDS}),
         output=output,
         losses=losses,
         terms=tuple(terms),

@@ -58,6 +58,9 @@ def draw_conv_weight(shape: tuple[int, ...], init: str, std: float, generator: t
 
 POOLING = Param("pooling", str, "avg", "pooling layers: avg keeps deep layers invertible, max is VGG's own",
                 choices=("avg", "max"))
+PADDING = Param("padding", str, "zeros", "what the convolutions see past the image's edge: zeros (VGG's own) or "
+                "reflect (the image mirrored: no dark frame for the border's features to correct, so no fringe "
+                "along the edges; not tileable)", choices=("zeros", "reflect"), digest_neutral=True)
 
 
 class VGGFeatures(Backbone):
@@ -78,6 +81,7 @@ class VGGFeatures(Backbone):
     def __init__(self, options: Mapping[str, Any], layers: Iterable[str]):
         super().__init__(options, layers)
         depth = self.keep_layers(options, layers)
+        self.padding = options.get("padding", "zeros")
         modules: list[nn.Module] = []
         in_channels = 3
         for v in VGG_CFGS[self.cfg_key]:
@@ -87,14 +91,18 @@ class VGGFeatures(Backbone):
                 pool = nn.AvgPool2d if options["pooling"] == "avg" else nn.MaxPool2d
                 modules.append(pool(kernel_size=2, stride=2))
                 continue
-            modules += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            modules += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1, padding_mode=self.padding),
+                        nn.ReLU(inplace=False)]
             in_channels = v
         self.body = nn.ModuleList(modules[:depth])
         self.register_normalization(options.get("normalize", "imagenet"))
 
-    def tile_geometry(self, layers: Iterable[str]) -> TileGeometry:
+    def tile_geometry(self, layers: Iterable[str]) -> TileGeometry | None:
         """Each layer's stride, and how far past a position its features reach: a 3x3 conv
-        adds the current stride on both sides, a 2x2 pool the stride after the position."""
+        adds the current stride on both sides, a 2x2 pool the stride after the position.
+        None with reflect padding: a tile's edge would mirror the tile, not the image."""
+        if self.padding != "zeros":
+            return None
         wanted = set(layers)
         strides, stride, before, after, margin = {PIXELS: 1}, 1, 0, 0, 1 if PIXELS in wanted else 0
         for name, module in zip(self.names, self.body):
@@ -147,6 +155,7 @@ class RandomVGG(VGGFeatures):
               choices=("uniform", "kaiming", "normal")),
         Param("std", float, 0.015, "standard deviation of the weights when init = \"normal\"", minimum=0.0),
         POOLING,
+        PADDING,
         Param("normalize", str, "imagenet", "input normalisation before the first conv",
               choices=("imagenet", "none")),
         Param("stacked_candidates", int, 0, "stacked ranVGG: weight sets tried per conv layer, keeping the one that "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rvgen.batch.jobs import Job
+from rvgen.engine.optimize import Level
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,24 @@ class ImageStarted:
 
 @dataclass(frozen=True)
 class Step:
+    """An image's progress: ``iteration`` of ``iterations`` counted over all pyramid levels,
+    and where that is (``level``: which level, its size, the iteration there; None for one
+    level)."""
+
     worker: str
     job: Job
     iteration: int
     iterations: int
     loss: float
+    level: Level | None = None
+
+    @property
+    def stage(self) -> str:
+        """'level 2/3, 192 px: iteration 40/50', or 'iteration 40/300' for a single scale."""
+        level = self.level
+        if level is None or level.count <= 1:
+            return f"iteration {self.iteration}/{self.iterations}"
+        return f"level {level.index}/{level.count}, {level.side} px: iteration {level.iteration}/{level.iterations}"
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,7 @@ class PlainReporter(_Base):
         now = time.monotonic()
         if now - self._last.get(event.worker, 0.0) >= self.interval:
             self._last[event.worker] = now
-            self.say(f"{shown(event.job.rel)}{self.where(event)}: iteration {event.iteration}/{event.iterations}, "
-                     f"loss {event.loss:.4g}")
+            self.say(f"{shown(event.job.rel)}{self.where(event)}: {event.stage}, loss {event.loss:.4g}")
 
     def on_ImageDone(self, event: ImageDone) -> None:
         self.say(f"[{self.finished}/{self.total}] {shown(event.job.rel)} -> {shown(event.job.output)}"
@@ -223,7 +222,8 @@ class RichReporter(_Base):
 
     def on_Step(self, event: Step) -> None:
         self.progress.update(self._row(event.worker), total=event.iterations, completed=event.iteration,
-                             info=f"{self.name(event.job)}: loss {event.loss:.3e} · {self.made[event.worker]} done")
+                             info=f"{self.name(event.job)}: {event.stage} · loss {event.loss:.3e} · "
+                                  f"{self.made[event.worker]} done")
 
     def _image_over(self, worker: str, info: str) -> None:
         self.progress.advance(self.batch)

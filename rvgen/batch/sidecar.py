@@ -42,6 +42,7 @@ from rvgen import imageio
 from rvgen.batch import schema
 from rvgen.batch.jobs import Job
 from rvgen.engine import Result
+from rvgen.engine.precision import resolve as resolve_precision
 from rvgen.recipe import Recipe
 
 
@@ -71,19 +72,21 @@ class RunKey:
     recipe: str  # Recipe.digest()
     references: Mapping[str, str]  # reference name -> file digest
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # reference name -> its file
+    precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
 
     @classmethod
-    def of(cls, recipe_digest: str, references: Mapping[str, str]) -> RunKey:
+    def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto") -> RunKey:
         ordered = dict(sorted(references.items()))
-        return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered)
+        return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision)
 
 
 # -- writing ------------------------------------------------------------------------------
 
 
 def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
-            threads: int | None = None) -> dict[str, Any]:
-    """The sidecar of ``job``'s ``result``; ``threads``: the torch threads of a CPU result."""
+            threads: int | None = None, precision: str | None = None) -> dict[str, Any]:
+    """The sidecar of ``job``'s ``result``; ``threads``: the torch threads of a CPU result;
+    ``precision``: what the backbone ran in (the recipe's ``precision`` as it resolved there)."""
     data = {
         "input": {"name": job.rel, "source": job.source, **input_identity(job.source)},
         "variation": job.variation,
@@ -100,12 +103,14 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
     }
     if threads is not None:
         data["threads"] = threads
+    if precision is not None:
+        data["precision"] = precision
     return data
 
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
 PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
-                     "seconds", "device", "versions")
+                     "seconds", "device", "threads", "precision", "versions")
 
 
 def seeds(resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,10 +138,10 @@ def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None
 
 
 def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str | None = None) -> None:
     """The image (carrying its :func:`provenance`) first, then its sidecar: a sidecar is only
     ever beside a complete image."""
-    data = sidecar(recipe, key, job, result, device, threads)
+    data = sidecar(recipe, key, job, result, device, threads, precision)
     text = json.dumps(provenance(data), sort_keys=True, default=str)
     write_image(recipe, job, result.image, metadata={PROVENANCE_KEY: text})
     imageio.write_json(data, job.sidecar)
@@ -208,8 +213,19 @@ def is_finished(job: Job, key: RunKey) -> bool:
         data["recipe"]["digest"] == key.recipe
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
+        and _same_precision(data, key)
         and _same_input(data["input"], job.source)
     )
+
+
+def _same_precision(data: Mapping[str, Any], key: RunKey) -> bool:
+    """Whether a CPU result was made in the precision its recipe resolves to on a CPU now
+    (``auto`` is bf16 where the CPU has native bf16); a result whose sidecar does not say was
+    made in float32. Results of other devices are not compared (``auto`` resolves there as
+    it always did)."""
+    if str(data.get("device") or "cpu").split(":")[0] != "cpu":
+        return True
+    return data.get("precision", "fp32") == resolve_precision(key.precision, "cpu").precision
 
 
 def split_finished(jobs: Iterable[Job], key: RunKey) -> tuple[list[Job], list[Job]]:

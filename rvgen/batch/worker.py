@@ -117,7 +117,8 @@ class Worker:
             last[0] = now
             if self.should_stop():
                 raise Stopped
-            self.emit(Step(self.name, jobs[index], progress.iteration, progress.iterations, progress.loss))
+            self.emit(Step(self.name, jobs[index], progress.iteration, progress.iterations, progress.loss,
+                           progress.level))
 
         return callback
 
@@ -144,7 +145,8 @@ class Worker:
             self.emit(ImageFailed(self.name, job, *failure(outcome)))
             return
         try:
-            write_result(self.recipe, self.key, job, outcome, self.device, self.threads)
+            write_result(self.recipe, self.key, job, outcome, self.device, self.threads,
+                         self.pipeline.synth.numerics.precision)
         except Exception as exc:
             self._fail(job, exc)
         else:

@@ -47,15 +47,29 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class Level:
+    """Where in a coarse-to-fine run an image is: pyramid level ``index`` (1-based, smallest
+    first) of ``count``, whose long side is ``side`` px, at ``iteration`` of its ``iterations``."""
+
+    index: int
+    count: int
+    side: int
+    iteration: int
+    iterations: int
+
+
+@dataclass(frozen=True)
 class Progress:
     """One image's progress. ``image`` is the image after ``iteration`` (1, 3, H, W), clamped
     to [0, 1], only at the iterations the optimiser was asked to hand it out at (a snapshot);
-    otherwise ``None``, so following progress costs no copies."""
+    otherwise ``None``, so following progress costs no copies. ``level``: the pyramid level
+    (set by the synthesizer, whose ``iteration`` counts over all levels)."""
 
     iteration: int
     iterations: int
     loss: float
     image: torch.Tensor | None = None
+    level: Level | None = None
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Numeric precision and memory layout of the backbone, per device.
 
-``precision = "auto"`` means bf16 autocast on CUDA GPUs that support it and float32
-everywhere else. Only the backbone runs in the autocast region; Gram matrices, losses,
+``precision = "auto"`` means bf16 autocast on CUDA GPUs that support it and on CPUs that
+compute in bf16 natively (AVX512-BF16 or AMX, as :func:`cpu_native_bf16` reads the CPU's
+flags), float32 everywhere else: a CPU without them emulates bf16 and runs it several times
+slower than float32. Only the backbone runs in the autocast region; Gram matrices, losses,
 gradients of the image and the optimiser state are always float32 (fp16/bf16 Grams of
 deep layers overflow or lose the small differences the optimiser follows). float32 on
 CUDA uses TF32 tensor cores for convolutions and matmuls. On CUDA the backbone also runs
@@ -12,8 +14,13 @@ so the tuning is paid once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU features with which bf16 convolutions run natively (oneDNN uses either)."""
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -48,6 +55,26 @@ class Numerics:
         return 2 if self.precision == "bf16" else 4
 
 
+@lru_cache(maxsize=1)
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (:data:`CPU_BF16_FLAGS`): torch's own reading of
+    the CPU where it has one (``torch.cpu.get_capabilities``, torch >= 2.6), else the flags of
+    ``/proc/cpuinfo``; False when neither says."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        try:
+            found = capabilities()
+            return any(bool(found.get(flag)) for flag in CPU_BF16_FLAGS)
+        except Exception:  # noqa: BLE001 - a capability probe must never stop a run
+            pass
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve(precision: str, device: torch.device | str) -> Numerics:
     """The numerics ``precision`` ("auto", "fp32", "bf16") means on ``device``."""
     if precision not in PRECISIONS:
@@ -55,7 +82,10 @@ def resolve(precision: str, device: torch.device | str) -> Numerics:
     device = torch.device(device)
     cuda = device.type == "cuda"
     if precision == "auto":
-        bf16_ok = cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if cuda:
+            bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else:
+            bf16_ok = device.type == "cpu" and cpu_native_bf16()
         precision = "bf16" if bf16_ok else "fp32"
     return Numerics(precision=precision, channels_last=cuda)
 

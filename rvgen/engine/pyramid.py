@@ -20,13 +20,33 @@ COARSE_ABOVE = 1024  # px: longer sides start from a coarser level even at scale
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    """``scales`` levels at most (1: single scale), each half the size of the next, none with a
-    long side under ``min_size``; ``scale_iterations`` per level below the output size
-    (``None``: the optimiser's ``iterations``)."""
+    """``scales`` levels at most (1: single scale), each ``1 / scale_step`` the size of the next,
+    none with a long side under ``min_size``; ``scale_iterations`` per level below the output
+    size: one number for all of them, a sequence from the coarsest level up to the one just
+    below the output size (see :meth:`budgets`), or ``None`` (the optimiser's ``iterations``)."""
 
     scales: int = 1
     min_size: int = 64
-    scale_iterations: int | None = None
+    scale_iterations: int | tuple[int, ...] | None = None
+    scale_step: float = 2.0
+
+    def budgets(self, levels: int, iterations: int) -> list[int]:
+        """Iterations at each of ``levels`` levels, smallest first; the output level gets
+        ``iterations``. A sequence of ``scale_iterations`` is aligned to the output end: its
+        last entry is the level just below the output size, and its first entry also serves
+        any coarser level it does not reach (a small image, whose coarse levels are left
+        out, drops the coarsest entries instead)."""
+        below = levels - 1
+        given = self.scale_iterations
+        if given is None:
+            lower = [iterations] * below
+        elif isinstance(given, int):
+            lower = [given] * below
+        elif below <= len(given):
+            lower = list(given[len(given) - below:])
+        else:
+            lower = [given[0]] * (below - len(given)) + list(given)
+        return lower + [iterations]
 
     def levels(self, canvas: tuple[int, int], min_side: int = 1) -> list[float]:
         """Scale factors of the levels, smallest first, leaving out coarse levels whose short
@@ -37,7 +57,8 @@ class PyramidConfig:
         scales = self.scales
         if scales == 1 and max(canvas) > COARSE_ABOVE:
             scales = 1 + math.ceil(math.log2(max(canvas) / COARSE_ABOVE))
-        factors = pyramid(canvas, scales, self.min_size)
+        step = self.scale_step if self.scales > 1 else 2.0
+        factors = pyramid(canvas, scales, self.min_size, step)
         return [f for f in factors[:-1] if min(scaled(canvas, f)) >= min_side] + factors[-1:]
 
 
@@ -54,13 +75,14 @@ def scaled(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
 
 
-def pyramid(canvas: tuple[int, int], scales: int, min_size: int) -> list[float]:
-    """Scale factors of the levels, smallest first, ending at 1: halving the long side each
-    level down, for ``scales`` levels at most, none whose long side is under ``min_size``."""
+def pyramid(canvas: tuple[int, int], scales: int, min_size: int, step: float = 2.0) -> list[float]:
+    """Scale factors of the levels, smallest first, ending at 1: dividing the long side by
+    ``step`` each level down, for ``scales`` levels at most, none whose long side is under
+    ``min_size``."""
     long_side = max(canvas)
     factors = [1.0]
     for k in range(1, scales):
-        if long_side / 2**k < min_size:
+        if long_side / step**k < min_size:
             break
-        factors.insert(0, 0.5**k)
+        factors.insert(0, step**-k)
     return factors

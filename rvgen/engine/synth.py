@@ -36,7 +36,7 @@ import torch
 
 from rvgen.engine import memory, precision
 from rvgen.engine.objective import Objective
-from rvgen.engine.optimize import BatchCallback, OptimizerConfig, Progress, Result, optimize_batch
+from rvgen.engine.optimize import BatchCallback, Level, OptimizerConfig, Progress, Result, optimize_batch
 from rvgen.engine.precision import ExecutionConfig
 from rvgen.engine.pyramid import PyramidConfig, resize, scaled
 from rvgen.errors import OutOfMemory, RvgenError
@@ -230,8 +230,7 @@ class Synthesizer:
         canvas = tuple(self.task.canvas(content[:1]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
         factors = self.pyramid.levels(canvas, self.min_side)
-        lower = self.pyramid.scale_iterations or self.optimizer.iterations
-        budgets = [lower] * (len(factors) - 1) + [self.optimizer.iterations]
+        budgets = self.pyramid.budgets(len(factors), self.optimizer.iterations)
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
         totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
@@ -255,7 +254,8 @@ class Synthesizer:
             offset = sum(budgets[:level])
             report, snapshot_at = None, None
             if callback is not None:
-                report = _offset_callback(callback, offset, total, canvas, content, self._finish)
+                report = _offset_callback(callback, offset, total, canvas, content, self._finish,
+                                          (level + 1, len(factors), max(shape)))
                 if self.snapshot_every > 0:
                     every = self.snapshot_every
                     snapshot_at = lambda it, offset=offset: (offset + it) % every == 0  # noqa: E731
@@ -303,13 +303,14 @@ class Synthesizer:
 
 
 def _offset_callback(callback: BatchCallback, offset: int, total: int, canvas: tuple[int, int],
-                     content: torch.Tensor, finish: Callable) -> BatchCallback:
-    """Progress of one pyramid level, counted over all levels; a snapshot at the canvas size, finished."""
+                     content: torch.Tensor, finish: Callable, level: tuple[int, int, int]) -> BatchCallback:
+    """Progress of one pyramid level (``level``: its index from 1, the count, its long side),
+    counted over all levels; a snapshot at the canvas size, finished."""
 
     def report(i: int, p: Progress) -> None:
         image = p.image
         if image is not None:
             image = finish(resize(image, canvas), content[i : i + 1])
-        callback(i, Progress(offset + p.iteration, total, p.loss, image))
+        callback(i, Progress(offset + p.iteration, total, p.loss, image, Level(*level, p.iteration, p.iterations)))
 
     return report
