@@ -135,7 +135,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         raise UsageError("give a RECIPE or --from IMAGE (one of them)")
     named: frozenset[str] = frozenset()
     if from_image is not None:
-        parsed, named = _recipe_from_image(from_image, overrides)
+        parsed, named, made_with = _recipe_from_image(from_image, overrides)
+        threads = threads or made_with
         stem = from_image.stem  # the image's own name: never a path its metadata gives
     else:
         recipe = resolve_recipe(recipe)
@@ -262,7 +263,15 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     if not overrides and recorded.get("digest") and parsed.digest() != recorded["digest"]:
         click.echo(f"Warning: {_shown(image)}: this rvgen resolves its recipe to digest {parsed.digest()}, not the "
                    f"recorded {_shown(recorded['digest'])}; results may differ", err=True)
-    return parsed, cwd_keys
+    # A CPU result depends on the precision it ran in and its torch threads: pin what the image
+    # records (unless set here), so it comes back bit for bit on any CPU.
+    if str(data.get("device") or "").split(":")[0] != "cpu":
+        return parsed, cwd_keys, None
+    pinned, threads = data.get("precision", "fp32"), data.get("threads")  # CPU results before bf16: fp32
+    if pinned in ("fp32", "bf16") and parsed.execution.precision == "auto" and "optimizer.precision" not in cwd_keys:
+        parsed = parse_recipe(apply_overrides(resolved, [f"optimizer.precision='{pinned}'"])[0],
+                              cwd_keys=cwd_keys, source=str(image))
+    return parsed, cwd_keys, threads if isinstance(threads, int) and 1 <= threads <= 1024 else None
 
 
 def _shown(text) -> str:

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 from conftest import psnr, sample, write_recipe, write_sample
 
+from rvgen import imageio
 from rvgen.batch.events import Step
 from rvgen.batch.jobs import Job, plan_jobs
 from rvgen.batch.runner import prepare
@@ -176,3 +177,22 @@ def test_reflect_padding_sees_no_dark_frame_around_the_image(tmp_path):
                               for f in features.values())
     assert spread["zeros"] > 0.05
     assert spread["reflect"] < 1e-5
+
+
+def test_from_an_image_pins_the_precision_and_threads_it_was_made_with(tmp_path):
+    """``rvgen run --from`` remakes a CPU result bit for bit although this machine's default
+    threads differ: it runs in the precision and on the threads the image records."""
+    path = reconstruct_recipe(tmp_path)
+    photos = tmp_path / "in"
+    write_sample(photos / "cat.png", "chelsea", 40)
+    first, again = tmp_path / "first", tmp_path / "again"
+    made = CliRunner().invoke(cli, ["run", str(path), "-i", str(photos), "-o", str(first), "-q", "--no-report",
+                                    "--threads", "1", "--set", "optimizer.iterations=6"])
+    assert made.exit_code == 0, made.output
+    remade = CliRunner().invoke(cli, ["run", "--from", str(first / "cat.png"), "-i", str(photos), "-o", str(again),
+                                      "-q", "--no-report"])
+    assert remade.exit_code == 0, remade.output
+    old, new = (json.loads((folder / "cat.png.json").read_text()) for folder in (first, again))
+    assert (new["threads"], new["precision"]) == (1, "fp32") == (old["threads"], old["precision"])
+    assert new["recipe"]["resolved"]["optimizer"]["precision"] == "fp32"  # pinned, not "auto"
+    assert torch.equal(imageio.load_image(first / "cat.png"), imageio.load_image(again / "cat.png"))

@@ -152,6 +152,7 @@ SIDECAR = {
     "seconds?": NUMBER,
     "device?": str,
     "threads?": int,
+    "precision?": str,
     "versions?": Map(str),
 }
 PROVENANCE = {  # what an image carries (sidecar.provenance): a sidecar without the input's path
