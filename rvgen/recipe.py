@@ -43,6 +43,8 @@ from rvgen.plugins import Registry, get_registry
 MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
 MAX_DEPTH = 32  # how deeply a recipe's tables and arrays may nest
 SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
+MAX_UNBLENDED = 16  # reference images a term may blend when its loss cannot (each is then a term of its own)
+BLEND_MEAN = "blend: one term, the mean of the normalised targets"  # Recipe.made_as, since a blend is one term
 
 OPTIMIZER_PARAMS = (
     Param("name", str, "lbfgs", "optimiser of the pixels", choices=("lbfgs", "adam")),
@@ -118,6 +120,9 @@ class Recipe:
     pyramid: PyramidConfig = PyramidConfig()
     neutral_defaults: frozenset[str] = frozenset()
     """Dotted keys left out of the digest: at a ``digest_neutral`` default, or ``result_neutral``."""
+    made_as: tuple[str, ...] = ()
+    """How results are made where that changed for the same resolved recipe (a blend of style
+    images as one term, :data:`BLEND_MEAN`); part of the digest, so those results are redone."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, paths absolute)."""
@@ -180,7 +185,7 @@ class Recipe:
         objective over them. References are not loaded here (see ``set_references``)."""
         registry = registry or get_registry()
         task = self.build_task(registry)
-        terms = list(task.terms()) + list(self.terms)
+        terms = expand_blends(task.terms(), registry) + list(self.terms)
         losses = [registry.get("loss", t.loss, "loss").cls(**self.losses.get(t.loss, {})) for t in terms]
         layers = {layer for t in terms for layer in t.layers}
         backbone_cls = registry.get("backbone", self.backbone["name"], "backbone.name").cls
@@ -194,6 +199,8 @@ class Recipe:
         """A hash of everything that changes results (not the description)."""
         data = copy.deepcopy(self.to_dict())  # its tables are the recipe's own: popping must not change them
         data.pop("description")
+        if self.made_as:
+            data["made_as"] = list(self.made_as)
         for key in self.neutral_defaults:  # "task.x", "losses.gram.x": the table's path, then the key
             *path, name = key.split(".")
             table = data
@@ -408,6 +415,8 @@ def parse_recipe(
         description=description,
         variations=task.variations(),
         neutral_defaults=frozenset(neutral),
+        made_as=(BLEND_MEAN,) if any(t.blend and registry.get("loss", t.loss, "loss").cls.blendable
+                                     for t in task_terms) else (),
     )
     seed = task_opts.get("seed")
     if isinstance(seed, int) and seed + VARIATION_SEED_STRIDE * (recipe.variations - 1) > SEED_RANGE[1]:
@@ -462,8 +471,26 @@ def _check_tileable(terms: Sequence[Term], backbone: Any, backbone_name: str, re
                           "(it declares no tile geometry); leave tile_size unset")
 
 
+def expand_blends(terms: Sequence[Term], registry: Registry) -> list[Term]:
+    """``terms`` as the objective gets them: a blend of reference images whose loss is not
+    ``blendable`` (not a squared distance) is one term per image, each with its share of the
+    weight; a blendable one stays one term, whose target is the mean of theirs."""
+    out = []
+    for term in terms:
+        if term.blend and not registry.get("loss", term.loss, "loss").cls.blendable:
+            out += [Term(term.name, term.loss, term.layers, term.weight * share, name, term.weighting)
+                    for name, share in term.blend if share > 0]
+        else:
+            out.append(term)
+    return out
+
+
 def _check_term(term: Term, registry: Registry, where: str) -> None:
     loss = registry.get("loss", term.loss, f"{where}.loss").cls
+    if term.blend and not loss.blendable and len(term.blend) > MAX_UNBLENDED:
+        raise RecipeError(f"{where}: {len(term.blend)} reference images for loss {term.loss!r}, which cannot blend them "
+                          f"into one target (it does not declare blendable = True), so each is its own term: at most "
+                          f"{MAX_UNBLENDED}; use fewer images or a blendable loss such as gram")
     if loss.needs_target and term.target is None:
         raise RecipeError(f"{where}.target: loss {term.loss!r} compares with an image; set target = \"input\"")
     if not loss.needs_target and term.target is not None:

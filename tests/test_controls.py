@@ -101,7 +101,8 @@ def test_a_folder_of_styles_blends_them_equally_and_weights_must_match(tmp_path)
     refs = recipe.references()
     assert set(refs) == {"style", "style2"}
     task = recipe.build_task()
-    assert [(t.target, t.weight) for t in task.terms() if t.name == "style"] == [("style", 10.0), ("style2", 10.0)]
+    assert [(t.target, t.weight, t.blend) for t in task.terms() if t.name == "style"] == [
+        ("style", 20.0, (("style", 0.5), ("style2", 0.5)))]  # one term: the mean of the two Grams
     out = run(recipe, references=load_references(refs))
     assert set(out.parts) == {"content", "style"}
     with pytest.raises(RecipeError, match="task.style_weights: 1 weights for 2 style images"):

@@ -4,6 +4,7 @@ used unchecked or shown raw, and numbers out of range refused before any work.""
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,17 @@ from click.testing import CliRunner
 from conftest import write_recipe, write_sample
 from test_report import Page
 
-from rvgen import imageio
+import torch
+
+from rvgen import Pipeline, hookimpl, imageio
 from rvgen.batch.jobs import plan_jobs
 from rvgen.batch.steps import write_step
 from rvgen.cli import cli
-from rvgen.recipe import load_recipe, parse_recipe
+from rvgen.errors import RecipeError
+from rvgen.losses import Loss
+from rvgen.losses.builtin import GramLoss
+from rvgen.plugins import registry_with
+from rvgen.recipe import BLEND_MEAN, load_recipe, parse_recipe
 from rvgen.report.record import RECORD_NAME
 
 if sys.version_info >= (3, 11):
@@ -310,3 +317,109 @@ def test_an_input_whose_sidecar_name_would_be_too_long_is_refused_before_any_wor
     assert run("run", recipe, "-i", tmp_path / "in", "-o", out, "--dry-run").exit_code == 0
     steps = run("run", recipe, "-i", tmp_path / "in", "-o", out, "--set", "output.save_every=1")
     assert steps.exit_code == 2 and "the name of its step images would be 262 bytes" in steps.output
+
+
+# -- a folder of style images costs about one ------------------------------------------------
+
+STYLE_SAMPLES = ["brick", "gravel", "grass", "hubble_deep_field", "coffee", "chelsea", "rocket", "astronaut"]
+
+
+def style_folder(tmp_path: Path, count: int) -> Path:
+    folder = tmp_path / "styles"
+    folder.mkdir(exist_ok=True)
+    for k in range(count):  # different pictures: the samples at a few sizes and crops
+        name = STYLE_SAMPLES[k % len(STYLE_SAMPLES)]
+        image = imageio.load_image(f"skimage:{name}", 48 + 8 * (k // len(STYLE_SAMPLES)))
+        imageio.to_pil(image[..., : 30 + k % 5, : 30 + k % 7]).save(folder / f"s{k:03d}.png")
+    return folder
+
+
+def folder_recipe(tmp_path: Path, style, registry=None, **task):
+    data = {"task": {"name": "style", "style": style, "style_layers": ["relu1_1", "relu2_1", "relu3_1"],
+                     "content_layers": ["relu2_1"], **task},
+            "optimizer": {"iterations": 3}, "output": {"size": 48}}
+    return parse_recipe(data, base_dir=tmp_path, registry=registry)
+
+
+def test_a_style_folder_is_one_term_whose_target_is_the_mean_of_the_normalised_grams(tmp_path):
+    folder = style_folder(tmp_path, 12)
+    recipe = folder_recipe(tmp_path, "styles")
+    pipe = Pipeline(recipe, "cpu")
+    objective = pipe.synth.objective
+    (i,) = [k for k, t in enumerate(objective.terms) if t.name == "style"]
+    assert len(objective.terms[i].blend) == 12
+    gram = GramLoss()
+    images = [imageio.load_image(path, 48) for path in sorted(folder.iterdir())]
+    for layer in objective.terms[i].layers:
+        prepared = [gram.prepare(objective.features(image, [layer])[layer]) for image in images]
+        mean = sum(p[0] for p in prepared) / 12
+        scale_squared = sum(p[1] for p in prepared) / 12
+        target = objective.targets[(i, layer)]
+        assert torch.allclose(target[0], mean, rtol=1e-5, atol=1e-7) and torch.allclose(target[1], scale_squared)
+        assert torch.allclose(target[2], mean.pow(2).mean())
+    (out,) = pipe.run([imageio.load_image("skimage:coffee", 48)])
+    assert set(out.parts) == {"content", "style"} and out.loss < out.initial_loss
+
+
+def test_a_folder_of_one_picture_twice_is_that_picture_bit_for_bit(tmp_path):
+    write_sample(tmp_path / "one" / "a.png", "brick", 48)
+    write_sample(tmp_path / "twice" / "a.png", "brick", 48)
+    write_sample(tmp_path / "twice" / "b.png", "brick", 48)
+    photo = imageio.load_image("skimage:coffee", 48)
+    (alone,) = Pipeline(folder_recipe(tmp_path, "one"), "cpu").run([photo])
+    (twice,) = Pipeline(folder_recipe(tmp_path, "twice"), "cpu").run([photo])
+    assert torch.equal(alone.tensor, twice.tensor) and alone.loss == twice.loss
+
+
+def test_a_blend_changes_the_digest_and_one_style_keeps_it(tmp_path):
+    style_folder(tmp_path, 2)
+    one = folder_recipe(tmp_path, str(tmp_path / "styles" / "s000.png"))
+    assert one.made_as == () and "made_as" not in json.dumps(one.to_dict())
+    folder = folder_recipe(tmp_path, "styles")
+    assert folder.made_as == (BLEND_MEAN,)
+    assert folder.digest() != replace(folder, made_as=()).digest(), "results made before by a sum of terms are redone"
+    listed = folder_recipe(tmp_path, sorted(str(p) for p in (tmp_path / "styles").iterdir()))
+    assert listed.digest() == folder.digest()
+
+
+def test_a_style_loss_that_cannot_blend_gets_a_term_per_image_up_to_a_bound(tmp_path):
+    class Mean(Loss):  # the distance of the features' means: not blendable
+        name = "meanstat"
+        batched = True
+
+        def prepare(self, features):
+            return features.detach().mean((2, 3))
+
+        def forward(self, features, target):
+            return (features.mean((2, 3)) - target).pow(2).mean(1)
+
+    class Plugin:
+        @hookimpl
+        def register_losses(self, register):
+            register(Mean)
+
+    registry = registry_with([Plugin()])
+    style_folder(tmp_path, 17)
+    names = sorted(p.name for p in (tmp_path / "styles").iterdir())
+    three = folder_recipe(tmp_path, [f"styles/{n}" for n in names[:3]], registry, style_loss="meanstat")
+    assert three.made_as == ()
+    terms = [t for t in three.build("cpu", registry).objective.terms if t.name == "style"]
+    assert [(t.target, round(t.weight, 4), t.blend) for t in terms] == [(n, 6.6667, ()) for n in
+                                                                        ("style", "style2", "style3")]
+    with pytest.raises(RecipeError, match="task: 17 reference images for loss 'meanstat', which cannot blend them "
+                                          "into one target .* at most 16"):
+        folder_recipe(tmp_path, "styles", registry, style_loss="meanstat")
+
+
+@pytest.mark.slow
+def test_a_style_folder_of_50_costs_about_one_image_in_time(tmp_path):
+    import time
+
+    style_folder(tmp_path, 50)
+    photo = imageio.load_image("skimage:coffee", 48)
+    seconds = []
+    for style in (str(tmp_path / "styles" / "s000.png"), "styles"):
+        start = time.perf_counter()
+        Pipeline(folder_recipe(tmp_path, style), "cpu").run([photo])
+        seconds.append(time.perf_counter() - start)
+    assert seconds[1] < 3 * seconds[0] + 1.0, seconds

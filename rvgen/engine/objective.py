@@ -33,7 +33,10 @@ class Term:
     ``target`` names the reference image the loss compares against (``"input"``, a task's
     reference such as ``"style"``) or is ``None`` for losses without a target (``tv``).
     ``weighting`` spreads ``weight`` over the layers: ``"equal"``, ``"auto"`` (the paper's
-    rule, see :meth:`Objective.auto_weight`) or explicit weights per layer.
+    rule, see :meth:`Objective.auto_weight`) or explicit weights per layer. ``blend``, for
+    a loss that is ``blendable``: (reference name, weight) pairs whose targets blend into
+    this term's one, their weighted mean (a folder of style images is one term); ``target``
+    is then the first of them.
     """
 
     name: str
@@ -42,6 +45,14 @@ class Term:
     weight: float = 1.0
     target: str | None = "input"
     weighting: str | Mapping[str, float] = "equal"
+    blend: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every image the term compares with: its blend's, or its target."""
+        if self.blend:
+            return tuple(name for name, _ in self.blend)
+        return () if self.target is None else (self.target,)
 
 
 class PerImage(tuple):
@@ -79,7 +90,7 @@ class Objective(nn.Module):
 
     @property
     def target_names(self) -> set[str]:
-        return {t.target for t in self.terms if t.target is not None}
+        return {name for t in self.terms for name in t.targets}
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The backbone's activations, in the objective's precision and memory layout."""
@@ -98,20 +109,52 @@ class Objective(nn.Module):
         """
         self._subset = None
         for name, image in images.items():
-            idx = [i for i, t in enumerate(self.terms) if t.target == name]
+            idx = [i for i, t in enumerate(self.terms) if t.target == name and not t.blend]
             if not idx:
                 continue
-            layers = sorted({layer for i in idx for layer in self.terms[i].layers})
-            plan = self.tile_plan(tuple(image.shape[-2:]))
-            feats = self.features(image, layers) if plan is None else self.tiled_features(image, layers, plan)
+            feats = self._features_of(image, sorted({layer for i in idx for layer in self.terms[i].layers}))
             for i in idx:
-                loss = self.losses[i]
                 for layer in self.terms[i].layers:
-                    f = feats[layer]
-                    if loss.batched or f.shape[0] == 1:
-                        self.targets[(i, layer)] = loss.prepare(f)
+                    self.targets[(i, layer)] = self._prepare(i, feats[layer])
+        for i, term in enumerate(self.terms):
+            if term.blend and all(name in images for name in term.targets):
+                self._set_blend(i, images)
+
+    def _features_of(self, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        plan = self.tile_plan(tuple(image.shape[-2:]))
+        return self.features(image, layers) if plan is None else self.tiled_features(image, layers, plan)
+
+    def _prepare(self, i: int, features: torch.Tensor) -> Any:
+        loss = self.losses[i]
+        if loss.batched or features.shape[0] == 1:
+            return loss.prepare(features)
+        return PerImage(loss.prepare(part) for part in features.split(1))
+
+    def _set_blend(self, i: int, images: Mapping[str, torch.Tensor]) -> None:
+        """Term ``i``'s target at each layer: the weighted mean of its blend's targets, folded in
+        one image at a time (one image's features and one running mean alive at a time, so a
+        folder of hundreds of style images costs about one; weights of 0 are left out)."""
+        term, loss = self.terms[i], self.losses[i]
+        means: dict[str, tuple[Any, float]] = {}
+        for name, weight in term.blend:
+            if weight <= 0:
+                continue
+            feats = self._features_of(images[name], term.layers)
+            for layer in term.layers:
+                target = self._prepare(i, feats[layer])
+                if layer in means:
+                    mean, total = means[layer]
+                    if isinstance(target, PerImage):
+                        target = PerImage(loss.mean_target([(m, total), (t, weight)]) for m, t in zip(mean, target))
                     else:
-                        self.targets[(i, layer)] = PerImage(loss.prepare(part) for part in f.split(1))
+                        target = loss.mean_target([(mean, total), (target, weight)])
+                    weight_so_far = total + weight
+                else:
+                    weight_so_far = weight
+                means[layer] = (target, weight_so_far)
+            del feats
+        for layer, (target, _) in means.items():
+            self.targets[(i, layer)] = target
 
     def _loss(self, i: int, features: torch.Tensor, target: Any) -> torch.Tensor:
         loss = self.losses[i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -44,9 +45,23 @@ class Loss(nn.Module):
     by :meth:`statistic` and :meth:`finish`, so a large image can be evaluated tile by tile
     (:mod:`rvgen.engine.tiling`). A loss that leaves it False runs on whole images only."""
 
+    blendable: ClassVar[bool] = False
+    """True promises the loss is a squared distance between a statistic of the features and
+    the target's (after the target's own normalisation), so several targets blend into one:
+    their weighted mean (:meth:`mean_target`), to which the sum of the distances is the
+    distance up to a constant. A blend of style images is then one term, costing about one
+    image; a loss that leaves it False gets one term per image."""
+
     def __init__(self, **options: Any):
         super().__init__()
         self.options = {**{p.name: p.default for p in self.params}, **options}
+
+    def mean_target(self, targets: Sequence[tuple[Any, float]]) -> Any:
+        """For ``blendable`` losses: the weighted mean of prepared targets, given as (target,
+        weight) pairs with weights above 0, as a target of the same structure. The engine
+        folds a blend in pairwise, the first of each pair being the mean so far with its
+        total weight, so it must hold any number of them in constant memory."""
+        raise NotImplementedError
 
     def prepare(self, features: torch.Tensor) -> Any:
         return features.detach()

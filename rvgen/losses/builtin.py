@@ -8,6 +8,7 @@ evaluated tile by tile (:mod:`rvgen.engine.tiling`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -55,12 +56,22 @@ class GramLoss(Loss):
     description = "squared error of Gram matrices (Gatys et al.), relative to the target's, computed in float32"
     batched = True
     tiled = True
+    blendable = True
 
     def prepare(self, features: torch.Tensor) -> Any:
         scale = image_scale(features)
         gram = gram_matrix(features.detach()) / scale.flatten(1).pow(2).unsqueeze(-1)
         norm = gram.pow(2).flatten(1).mean(1).clamp_min(torch.finfo(torch.float32).tiny)
         return gram, scale.view(-1, 1, 1).pow(2), norm
+
+    def mean_target(self, targets: Sequence[tuple[Any, float]]) -> Any:
+        """The weighted mean of the targets' normalised Grams, with the weighted mean of their
+        squared scales to normalise the result's Gram by; the norm is the mean's own."""
+        total = sum(weight for _, weight in targets)
+        gram = sum(t[0] * (weight / total) for t, weight in targets)
+        scale_squared = sum(t[1] * (weight / total) for t, weight in targets)
+        norm = gram.pow(2).flatten(1).mean(1).clamp_min(torch.finfo(torch.float32).tiny)
+        return gram, scale_squared, norm
 
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
         # gram(f / s) = gram(f) / s²: scaling the small Gram, not the large features.

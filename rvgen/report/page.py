@@ -25,6 +25,7 @@ from rvgen.report.folder import Folder, Made, RecipeGroup
 from rvgen.report.thumbs import Thumbnails
 
 CURVE_WIDTH, CURVE_HEIGHT = 160, 40
+REFERENCES_SHOWN = 12  # reference images a recipe shows (a style folder may hold hundreds)
 GENERATOR = '<meta name="generator" content="rvgen">'  # says a page is rvgen's own (rvgen.report.write)
 
 STYLE = """
@@ -153,9 +154,12 @@ class PageWriter:
 
     def group(self, group: RecipeGroup) -> str:
         description = group.resolved.get("description") or ""
+        shown = list(group.references.items())[:REFERENCES_SHOWN]
         refs = "".join(f'<figure>{self.image(source, name)}<figcaption>{escape(name)}: '
                        f'{escape(Path(source).name if not imageio.is_sample(source) else source)}'
-                       f'</figcaption></figure>' for name, source in group.references.items())
+                       f'</figcaption></figure>' for name, source in shown)
+        if len(group.references) > len(shown):
+            refs += f'<p class="muted">and {len(group.references) - len(shown)} more reference images</p>'
         cards = []
         for item in group.inputs:
             label = item.name

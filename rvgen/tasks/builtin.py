@@ -115,9 +115,12 @@ class Texture(Task):
 class Style(Task):
     """Gatys style transfer: keep the input's content, take the style image's statistics.
 
-    Several style images blend as a sum of style terms, one per image with its share of
-    ``style_weight`` (so any style loss can blend); they are named ``style``, ``style2``, ...
-    as references and targets, and all count as the ``style`` part of the loss."""
+    Several style images (a list, or a folder) blend into one style term: its target at each
+    layer is the mean of the images' normalised Gram matrices, weighted by ``style_weights``
+    (for a squared distance, the sum of the distances to each image is, up to a constant,
+    the distance to their mean), so a folder costs about one image and is weighted once. A
+    style loss that is not ``blendable`` gets one term per image instead, each with its
+    share of ``style_weight``. The images are named ``style``, ``style2``, ... as references."""
 
     name = "style"
     description = "content of the input, Gram statistics of a style image (Gatys et al.)"
@@ -206,8 +209,10 @@ class Style(Task):
         o = self.options
         style_layers = tuple(self.layers_option("style_layers", "style"))
         terms = [Term("content", "content", tuple(self.layers_option("content_layers", "content")), o["content_weight"])]
-        terms += [Term("style", o["style_loss"], style_layers, o["style_weight"] * share, name, o["weighting"])
-                  for name, _, share in self.styles()]
+        styles = self.styles()
+        blend = tuple((name, share) for name, _, share in styles) if len(styles) > 1 else ()
+        terms.append(Term("style", o["style_loss"], style_layers, o["style_weight"], styles[0][0], o["weighting"],
+                          blend))
         return [t for t in terms if t.weight > 0] + tv_term(o["tv_weight"])
 
     def init(self, content: torch.Tensor, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
