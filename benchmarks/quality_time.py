@@ -38,47 +38,63 @@ PHOTOS = {"astronaut": "skimage:astronaut", "chelsea": "skimage:chelsea", "coffe
           "rocket": "skimage:rocket"}
 STYLES = ("monet", "starry_night", "great_wave")
 
-TODAY = [  # the style recipes before the frontier was measured, every key written out
-    "task.content_weight=1.0", "task.style_weight=20.0", "task.tv_weight=0.5", "task.init='content'",
-    "task.style_scale=1.0", "task.weighting='auto'", "task.style_loss='gram'", "task.colors='style'", "task.seed=0",
+PINNED = [  # what every style recipe ran with before the frontier was measured, every key written out
+    "task.content_weight=1.0", "task.style_scale=1.0", "task.weighting='auto'", "task.style_loss='gram'",
+    "task.colors='style'", "task.seed=0",
     "backbone.name='random-vgg19'", "backbone.seed=0", "backbone.init='uniform'", "backbone.pooling='avg'",
     "backbone.normalize='imagenet'", "backbone.padding='zeros'",
-    "optimizer.name='lbfgs'", "optimizer.scales=3", "optimizer.iterations=100", "optimizer.scale_iterations=100",
-    "optimizer.scale_step=2.0", "optimizer.min_size=64", "optimizer.history=50", "optimizer.line_search=true",
-    "optimizer.tolerance=0.0", "optimizer.precision='fp32'", "optimizer.parametrization='pixels'",
+    "optimizer.name='lbfgs'", "optimizer.scale_step=2.0", "optimizer.min_size=64", "optimizer.history=50",
+    "optimizer.line_search=true", "optimizer.tolerance=0.0", "optimizer.precision='fp32'",
+    "optimizer.parametrization='pixels'",
+]
+PAINTED = PINNED + [  # starry_night, monet, great_wave: from the photo, coarse to fine, 100 iterations a level
+    "task.style_weight=20.0", "task.tv_weight=0.5", "task.init='content'",
+    "optimizer.scales=3", "optimizer.iterations=100", "optimizer.scale_iterations=100",
+]
+TODAY = {name: PAINTED for name in STYLES}
+TODAY["scream"] = PINNED + [  # from noise, one scale of 300 iterations
+    "task.style_weight=5.0", "task.tv_weight=0.0", "task.init='noise'",
+    "optimizer.scales=1", "optimizer.iterations=300",
 ]
 
-SETTINGS: dict[str, list[str]] = {
-    "today": TODAY,
-    "shipped": [],
-    # where the iterations go (today's other keys kept)
-    "100/50/15": TODAY + ["optimizer.scale_iterations=[100, 50]", "optimizer.iterations=15"],
-    "200/50/10": TODAY + ["optimizer.scale_iterations=[200, 50]", "optimizer.iterations=10"],
-    "4 levels 200/100/30/8": TODAY + ["optimizer.scales=4", "optimizer.min_size=32",
-                                      "optimizer.scale_iterations=[200, 100, 30]", "optimizer.iterations=8"],
-    "sqrt2 levels 150/80/40/20/8": TODAY + ["optimizer.scales=5", "optimizer.scale_step=1.4142135623730951",
-                                            "optimizer.scale_iterations=[150, 80, 40, 20]",
-                                            "optimizer.iterations=8"],
-    "4 levels 200/100/25/5": TODAY + ["optimizer.scales=4", "optimizer.min_size=32",
-                                      "optimizer.scale_iterations=[200, 100, 25]", "optimizer.iterations=5"],
-    "4 levels 300/150/20/4": TODAY + ["optimizer.scales=4", "optimizer.min_size=32",
-                                      "optimizer.scale_iterations=[300, 150, 20]", "optimizer.iterations=4"],
-    "4 levels 200/100/25/5 reflect": TODAY + ["optimizer.scales=4", "optimizer.min_size=32",
-                                              "optimizer.scale_iterations=[200, 100, 25]", "optimizer.iterations=5",
-                                              "backbone.padding='reflect'"],
-    "plateau stop": TODAY + ["optimizer.tolerance=0.01"],
-    "100/50/15 + plateau stop": TODAY + ["optimizer.scale_iterations=[100, 50]", "optimizer.iterations=15",
-                                         "optimizer.tolerance=0.01"],
-    "reflect padding": TODAY + ["backbone.padding='reflect'"],
-    "100/50/15 reflect": TODAY + ["optimizer.scale_iterations=[100, 50]", "optimizer.iterations=15",
-                                  "backbone.padding='reflect'"],
-    "adam 100/50/15": TODAY + ["optimizer.name='adam'", "optimizer.scale_iterations=[100, 50]",
-                               "optimizer.iterations=15"],
+
+def levels(*budgets: int, step: float = 2.0) -> list[str]:
+    """A pyramid of len(budgets) levels from 32 px, these iterations at each, smallest first."""
+    return [f"optimizer.scales={len(budgets)}", "optimizer.min_size=32", f"optimizer.scale_step={step}",
+            f"optimizer.scale_iterations={list(budgets[:-1])}", f"optimizer.iterations={budgets[-1]}"]
+
+
+SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pins; None: the recipe as shipped
+    "today": [],
+    "shipped": None,
+    # where the iterations go
+    "100/50/15": ["optimizer.scale_iterations=[100, 50]", "optimizer.iterations=15"],
+    "200/50/10": ["optimizer.scale_iterations=[200, 50]", "optimizer.iterations=10"],
+    "4 levels 200/100/30/8": levels(200, 100, 30, 8),
+    "4 levels 200/100/25/5": levels(200, 100, 25, 5),
+    "4 levels 300/150/20/4": levels(300, 150, 20, 4),
+    "sqrt2 levels 150/80/40/20/8": levels(150, 80, 40, 20, 8, step=2 ** 0.5),
+    "3 levels 100/40/10": levels(100, 40, 10) + ["optimizer.min_size=64"],
+    "4 levels 150/80/30/8": levels(150, 80, 30, 8),
+    "4 levels 100/60/30/10": levels(100, 60, 30, 10),
+    "plateau stop": ["optimizer.tolerance=0.01"],
+    # the picture's edges
+    "reflect padding": ["backbone.padding='reflect'"],
+    "4 levels 200/100/25/5 reflect": levels(200, 100, 25, 5) + ["backbone.padding='reflect'"],
+    # the other optimiser
+    "adam 4 levels 200/100/25/5": levels(200, 100, 25, 5) + ["optimizer.name='adam'"],
+    # from noise (scream)
+    "4 levels 300/150/40/10": levels(300, 150, 40, 10),
+    "4 levels 300/100/25/5": levels(300, 100, 25, 5),
 }
 
 
-def make(setting: str, overrides: list[str], style: str, photo: str, size: int, work: Path,
-         threads: int) -> dict:
+def overrides_of(setting: str, recipe: str) -> list[str]:
+    extra = SETTINGS[setting]
+    return [] if extra is None else TODAY[recipe] + extra
+
+
+def make(setting: str, style: str, photo: str, size: int, work: Path, threads: int) -> dict:
     """One result, cached in ``work`` as PNG with its CPU and wall time in a JSON file beside it."""
     import torch
 
@@ -89,6 +105,7 @@ def make(setting: str, overrides: list[str], style: str, photo: str, size: int, 
     if png.exists() and record.exists():
         return json.loads(record.read_text())
     torch.set_num_threads(threads)
+    overrides = overrides_of(setting, style)
     recipe = load_recipe(shipped.resolve(style), [f"output.size={size}", *overrides])
     content = imageio.load_image(PHOTOS[photo], size)
     refs = {name: imageio.load_image(src, side) for name, (src, side) in recipe.references().items()}
@@ -207,10 +224,10 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the settings and their overrides")
     args = parser.parse_args()
     if args.list:
-        for name, overrides in SETTINGS.items():
-            extra = [o for o in overrides if o not in TODAY] if overrides[: len(TODAY)] == TODAY else overrides
-            print(f"{name}: {'today + ' if overrides[: len(TODAY)] == TODAY and name != 'today' else ''}"
-                  f"{' '.join(extra) or '(the shipped recipe)'}")
+        for recipe, pins in (("monet, starry_night, great_wave", PAINTED), ("scream", TODAY["scream"])):
+            print(f"today ({recipe}): {' '.join(pins)}")
+        for name, extra in SETTINGS.items():
+            print(f"{name}: {'the shipped recipe' if extra is None else 'today + ' + (' '.join(extra) or '(nothing)')}")
         return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]
@@ -224,7 +241,7 @@ def main() -> None:
 
         print(f"making {len(todo)} results, {args.jobs} at a time, {args.threads} thread(s) each", flush=True)
         Parallel(n_jobs=args.jobs, verbose=10)(
-            delayed(make)(s, SETTINGS[s], st, ph, args.size, args.work, args.threads) for s, st, ph in todo)
+            delayed(make)(s, st, ph, args.size, args.work, args.threads) for s, st, ph in todo)
     rows: dict[str, list[dict]] = {}
     pictures: dict[tuple[str, str, str], Path] = {}
     for s, st, ph in cells:

@@ -267,10 +267,15 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     # records (unless set here), so it comes back bit for bit on any CPU.
     if str(data.get("device") or "").split(":")[0] != "cpu":
         return parsed, cwd_keys, None
-    pinned, threads = data.get("precision", "fp32"), data.get("threads")  # CPU results before bf16: fp32
-    if pinned in ("fp32", "bf16") and parsed.execution.precision == "auto" and "optimizer.precision" not in cwd_keys:
-        parsed = parse_recipe(apply_overrides(resolved, [f"optimizer.precision='{pinned}'"])[0],
-                              cwd_keys=cwd_keys, source=str(image))
+    pins = []
+    for key, default, allowed in (("precision", "fp32", ("fp32", "bf16")),  # CPU results before they were
+                                  ("layout", "contiguous", ("channels_last", "contiguous"))):  # recorded
+        made = data.get(key, default)
+        if made in allowed and getattr(parsed.execution, key) == "auto" and f"optimizer.{key}" not in cwd_keys:
+            pins.append(f"optimizer.{key}='{made}'")
+    if pins:
+        parsed = parse_recipe(apply_overrides(resolved, pins)[0], cwd_keys=cwd_keys, source=str(image))
+    threads = data.get("threads")
     return parsed, cwd_keys, threads if isinstance(threads, int) and 1 <= threads <= 1024 else None
 
 

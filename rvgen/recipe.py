@@ -34,7 +34,7 @@ from rvgen.backbones import Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.lbfgs import TOLERANCE_WINDOW
 from rvgen.engine.parametrize import PARAMETRIZATIONS
-from rvgen.engine.precision import PRECISIONS
+from rvgen.engine.precision import LAYOUTS, PRECISIONS
 from rvgen.engine.synth import VARIATION_SEED_STRIDE
 from rvgen.errors import RecipeError
 from rvgen.params import MAX_SIZE, REQUIRED, SEED_RANGE, Context, Param, describe, suggest, unknown, validate
@@ -61,6 +61,9 @@ OPTIMIZER_PARAMS = (
     Param("precision", str, "auto", "backbone precision: auto (bf16 on CUDA and on CPUs with native bf16, "
           "AVX512-BF16 or AMX; fp32 elsewhere), fp32 (TF32 on CUDA) or bf16; Grams and losses are always fp32",
           choices=PRECISIONS),
+    Param("layout", str, "auto", "memory layout of the backbone's activations: auto (channels_last on CUDA and the "
+          "CPU, where it is faster), channels_last or contiguous; the pixels differ only by float rounding",
+          choices=LAYOUTS, digest_neutral=True),
     Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
           "one at a time on a CPU)", minimum=1, maximum=1024, nullable=True),
     Param("scales", int, 1, "levels of the multi-scale pyramid, each 1/scale_step the size of the next; 1 = single "
@@ -98,7 +101,7 @@ TERM_PARAMS = (
 
 
 OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search", "parametrization", "tolerance")
-EXECUTION_FIELDS = ("precision", "batch_size", "tile_size")
+EXECUTION_FIELDS = ("precision", "batch_size", "tile_size", "layout")
 PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations", "scale_step")
 
 

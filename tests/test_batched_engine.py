@@ -208,7 +208,9 @@ def test_the_pyramid_carries_its_coarse_result_up_and_keeps_up_with_single_scale
 
 @pytest.mark.slow
 def test_precision_resolves_per_device_and_bf16_keeps_losses_in_float32():
-    assert precision.resolve("auto", "cpu") == precision.Numerics("fp32", channels_last=False)
+    native = precision.cpu_native_bf16()
+    assert precision.resolve("auto", "cpu") == precision.Numerics("bf16" if native else "fp32", channels_last=True)
+    assert not precision.resolve("auto", "cpu", "contiguous").channels_last
     assert precision.resolve("bf16", "cpu").autocast is torch.bfloat16
     assert precision.resolve("fp32", "cuda").channels_last
     with pytest.raises(ValueError, match="unknown precision"):

@@ -153,7 +153,7 @@ def test_the_sidecar_records_the_precision_and_a_new_resolution_redoes_the_image
     result = CliRunner().invoke(cli, ["run", str(path), "-i", str(photos), "-o", str(out), "-q", "--no-report"])
     assert result.exit_code == 0, result.output
     sidecar = json.loads((out / "cat.png.json").read_text())
-    assert sidecar["precision"] == "fp32" and sidecar["threads"] >= 1
+    assert (sidecar["precision"], sidecar["layout"]) == ("fp32", "channels_last") and sidecar["threads"] >= 1
     recipe = load_recipe(path)
     jobs = plan_jobs(str(photos), out).jobs
     todo, finished = split_finished(jobs, prepare(recipe))
@@ -161,6 +161,11 @@ def test_the_sidecar_records_the_precision_and_a_new_resolution_redoes_the_image
     native_bf16(True)  # the same folder on a CPU where auto means bf16: made again
     todo, finished = split_finished(jobs, prepare(recipe))
     assert (len(todo), len(finished)) == (1, 0)
+    native_bf16(False)  # a sidecar from before precision and layout were recorded: float32, contiguous
+    for key in ("precision", "layout"):
+        del sidecar[key]
+    (out / "cat.png.json").write_text(json.dumps(sidecar))
+    assert len(split_finished(jobs, prepare(recipe))[0]) == 1  # auto is channels-last now: made again
 
 
 def test_reflect_padding_sees_no_dark_frame_around_the_image(tmp_path):
@@ -193,6 +198,17 @@ def test_from_an_image_pins_the_precision_and_threads_it_was_made_with(tmp_path)
                                       "-q", "--no-report"])
     assert remade.exit_code == 0, remade.output
     old, new = (json.loads((folder / "cat.png.json").read_text()) for folder in (first, again))
-    assert (new["threads"], new["precision"]) == (1, "fp32") == (old["threads"], old["precision"])
+    assert (new["threads"], new["precision"], new["layout"]) == (1, "fp32", "channels_last") == \
+        (old["threads"], old["precision"], old["layout"])
     assert new["recipe"]["resolved"]["optimizer"]["precision"] == "fp32"  # pinned, not "auto"
+    assert new["recipe"]["resolved"]["optimizer"]["layout"] == "channels_last"
     assert torch.equal(imageio.load_image(first / "cat.png"), imageio.load_image(again / "cat.png"))
+
+
+def test_reflect_padding_runs_where_a_deep_layer_is_one_position_wide(tmp_path):
+    """A small pyramid level (or a wide style image) leaves relu5_1's input one position high,
+    too short to mirror: that side is repeated instead of failing."""
+    recipe = load_recipe(style_recipe(tmp_path), ["backbone.padding='reflect'"])
+    backbone = recipe.build("cpu").objective.backbone
+    features = backbone.features(sample("chelsea", 96)[..., :20, :], ["relu5_1"])  # 96x20 px: 1 row at relu5_1
+    assert features["relu5_1"].shape[-2:] == (1, 6) and torch.isfinite(features["relu5_1"]).all()

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rvgen.backbones import PIXELS, Backbone, full_precision
@@ -63,6 +64,16 @@ PADDING = Param("padding", str, "zeros", "what the convolutions see past the ima
                 "along the edges; not tileable)", choices=("zeros", "reflect"), digest_neutral=True)
 
 
+class MirroredConv2d(nn.Conv2d):
+    """A 3x3 convolution over its input mirrored at the edges (``padding = "reflect"``), or
+    repeated where a side is a single position (too short to mirror: a deep layer of a small
+    pyramid level). The same parameters as VGG's zero-padded conv, so the same random draws."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = "reflect" if min(x.shape[-2:]) > 1 else "replicate"
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode=mode), self.weight, self.bias)
+
+
 class VGGFeatures(Backbone):
     """The VGG ``features`` stack, built up to the deepest requested layer; subclasses set
     its conv weights (random draws, a stacked selection, or trained weights)."""
@@ -91,8 +102,9 @@ class VGGFeatures(Backbone):
                 pool = nn.AvgPool2d if options["pooling"] == "avg" else nn.MaxPool2d
                 modules.append(pool(kernel_size=2, stride=2))
                 continue
-            modules += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1, padding_mode=self.padding),
-                        nn.ReLU(inplace=False)]
+            conv = MirroredConv2d(in_channels, v, kernel_size=3) if self.padding == "reflect" else \
+                nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            modules += [conv, nn.ReLU(inplace=False)]
             in_channels = v
         self.body = nn.ModuleList(modules[:depth])
         self.register_normalization(options.get("normalize", "imagenet"))

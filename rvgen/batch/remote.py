@@ -28,9 +28,9 @@ from rvgen.recipe import Recipe
 
 _CACHED: dict[tuple[str, str], Pipeline] = {}
 
-TaskResult = tuple[Job, str, Any, str | None, str]
-"""What a task returns: ``(job, "done", Result, None, device)`` or
-``(job, "failed", reason, details, device)``."""
+TaskResult = tuple[Job, str, Any, Any, str]
+"""What a task returns: ``(job, "done", Result, Numerics, device)`` (the precision and layout it
+ran in, for the sidecar) or ``(job, "failed", reason, details, device)``."""
 
 
 def _failed(job: Job, reason: str, details: str | None = None, device: str = "dask") -> TaskResult:
@@ -54,7 +54,7 @@ def make_remote(recipe: Recipe, job: Job, data: bytes | None, references: Mappin
         content = imageio.load_image(source, size, name=job.rel)
         result = pipeline.synth.run(content, job.variation)
         result.image = result.image.cpu()
-        return job, "done", result, None, device
+        return job, "done", result, pipeline.synth.numerics, device  # details of a result: what it ran in
     except Exception as exc:
         return _failed(job, *failure(exc, device, size), device)
 
@@ -95,7 +95,7 @@ def run_dask(recipe: Recipe, key: RunKey, jobs: Sequence[Job], tracker: Tracker,
                     worker = f"dask:{device}"
                     if status == "done":
                         try:
-                            write_result(recipe, key, job, payload, device)
+                            write_result(recipe, key, job, payload, device, numerics=details)
                         except ImageError as exc:
                             tracker(ImageFailed(worker, job, *failure(exc)))
                             continue

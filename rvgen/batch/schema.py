@@ -153,6 +153,7 @@ SIDECAR = {
     "device?": str,
     "threads?": int,
     "precision?": str,
+    "layout?": str,
     "versions?": Map(str),
 }
 PROVENANCE = {  # what an image carries (sidecar.provenance): a sidecar without the input's path

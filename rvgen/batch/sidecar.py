@@ -42,7 +42,8 @@ from rvgen import imageio
 from rvgen.batch import schema
 from rvgen.batch.jobs import Job
 from rvgen.engine import Result
-from rvgen.engine.precision import resolve as resolve_precision
+from rvgen.engine.precision import LEGACY_CPU, Numerics
+from rvgen.engine.precision import resolve as resolve_numerics
 from rvgen.recipe import Recipe
 
 
@@ -73,20 +74,24 @@ class RunKey:
     references: Mapping[str, str]  # reference name -> file digest
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # reference name -> its file
     precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
+    layout: str = field(default="auto", compare=False)  # and its optimizer.layout
 
     @classmethod
-    def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto") -> RunKey:
+    def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
+           layout: str = "auto") -> RunKey:
         ordered = dict(sorted(references.items()))
-        return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision)
+        return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
+                   layout)
 
 
 # -- writing ------------------------------------------------------------------------------
 
 
 def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
-            threads: int | None = None, precision: str | None = None) -> dict[str, Any]:
+            threads: int | None = None, numerics: Numerics | None = None) -> dict[str, Any]:
     """The sidecar of ``job``'s ``result``; ``threads``: the torch threads of a CPU result;
-    ``precision``: what the backbone ran in (the recipe's ``precision`` as it resolved there)."""
+    ``numerics``: what the backbone ran in (the recipe's ``precision`` and ``layout`` as they
+    resolved there)."""
     data = {
         "input": {"name": job.rel, "source": job.source, **input_identity(job.source)},
         "variation": job.variation,
@@ -103,14 +108,14 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
     }
     if threads is not None:
         data["threads"] = threads
-    if precision is not None:
-        data["precision"] = precision
+    if numerics is not None:
+        data["precision"], data["layout"] = numerics.precision, numerics.layout
     return data
 
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
 PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
-                     "seconds", "device", "threads", "precision", "versions")
+                     "seconds", "device", "threads", "precision", "layout", "versions")
 
 
 def seeds(resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,10 +143,10 @@ def write_image(recipe: Recipe, job: Job, image: torch.Tensor, path: Path | None
 
 
 def write_result(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
-                 threads: int | None = None, precision: str | None = None) -> None:
+                 threads: int | None = None, numerics: Numerics | None = None) -> None:
     """The image (carrying its :func:`provenance`) first, then its sidecar: a sidecar is only
     ever beside a complete image."""
-    data = sidecar(recipe, key, job, result, device, threads, precision)
+    data = sidecar(recipe, key, job, result, device, threads, numerics)
     text = json.dumps(provenance(data), sort_keys=True, default=str)
     write_image(recipe, job, result.image, metadata={PROVENANCE_KEY: text})
     imageio.write_json(data, job.sidecar)
@@ -213,19 +218,22 @@ def is_finished(job: Job, key: RunKey) -> bool:
         data["recipe"]["digest"] == key.recipe
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
-        and _same_precision(data, key)
+        and _same_numerics(data, key)
         and _same_input(data["input"], job.source)
     )
 
 
-def _same_precision(data: Mapping[str, Any], key: RunKey) -> bool:
-    """Whether a CPU result was made in the precision its recipe resolves to on a CPU now
-    (``auto`` is bf16 where the CPU has native bf16); a result whose sidecar does not say was
-    made in float32. Results of other devices are not compared (``auto`` resolves there as
-    it always did)."""
+def _same_numerics(data: Mapping[str, Any], key: RunKey) -> bool:
+    """Whether a CPU result was made in the precision and layout its recipe resolves to on a
+    CPU now (``auto``: bf16 where the CPU has native bf16, channels-last): they change its
+    pixels. A CPU result whose sidecar does not say was made as rvgen made them before it did:
+    float32, contiguous. Results of other devices are not compared (``auto`` resolves there
+    as it always did)."""
     if str(data.get("device") or "cpu").split(":")[0] != "cpu":
         return True
-    return data.get("precision", "fp32") == resolve_precision(key.precision, "cpu").precision
+    now = resolve_numerics(key.precision, "cpu", key.layout)
+    return (data.get("precision", LEGACY_CPU.precision), data.get("layout", LEGACY_CPU.layout)) == \
+        (now.precision, now.layout)
 
 
 def split_finished(jobs: Iterable[Job], key: RunKey) -> tuple[list[Job], list[Job]]:

@@ -146,7 +146,7 @@ class Worker:
             return
         try:
             write_result(self.recipe, self.key, job, outcome, self.device, self.threads,
-                         self.pipeline.synth.numerics.precision)
+                         self.pipeline.synth.numerics)
         except Exception as exc:
             self._fail(job, exc)
         else:

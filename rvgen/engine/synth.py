@@ -61,7 +61,7 @@ class Synthesizer:
         self.optimizer, self.pyramid, self.execution = optimizer, pyramid, execution
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
-        self.numerics = precision.resolve(execution.precision, self.device)
+        self.numerics = precision.resolve(execution.precision, self.device, execution.layout)
         precision.configure_backends(self.device, self.numerics)
         precision.apply(self.objective, self.numerics)
         self._references: dict[str, torch.Tensor] = {}
