@@ -213,14 +213,16 @@ def evaluator(objective: Objective, shape: torch.Size) -> Evaluate:
 
     def evaluate_tiled(flat: torch.Tensor, rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         # The same function, its gradient composed by hand around the tiled objective's:
-        # the clamp passes the gradient where 0 <= x <= 1, the pull adds 2 (x - clamp) / n.
+        # the clamp passes the gradient where 0 < x < 1, as autograd's clamp does (not at 0 or
+        # 1 themselves, which a pyramid level's clamped upsampling is full of: passing it there
+        # made a tiled pyramid run part from the untiled one), the pull adds 2 (x - clamp) / n.
         x = flat.view(-1, *shape[1:]).detach()
         inside = x.clamp(0, 1)
         with objective.subset(rows):
             total, grad_inside = objective.value_and_grad(inside)
         n = x[0].numel()
         loss = total + BOX_PULL * (x - inside).pow(2).flatten(1).mean(1)
-        grad = grad_inside * ((x >= 0) & (x <= 1)) + BOX_PULL * 2 * (x - inside) / n
+        grad = grad_inside * ((x > 0) & (x < 1)) + BOX_PULL * 2 * (x - inside) / n
         return loss, grad.reshape(x.shape[0], -1)
 
     return evaluate
