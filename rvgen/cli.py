@@ -186,8 +186,12 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     if not no_report:
         from rvgen.report import PageReporter
 
-        reporter = Tee(reporter, PageReporter(output, key.recipe, parsed.source,
-                                              on_error=lambda line: click.echo(f"Warning: {shown(line)}", err=True)))
+        def warn(line: str) -> None:  # on stderr, and in the log as a "warning" event
+            click.echo(f"Warning: {shown(line)}", err=True)
+            if log is not None:
+                log.write("warning", message=line)
+
+        reporter = Tee(reporter, PageReporter(output, key.recipe, parsed.source, on_error=warn))
 
     def waiting(line: str) -> None:
         if not quiet:

@@ -99,10 +99,14 @@ def test_a_sidecar_of_the_wrong_types_is_skipped_with_one_line_and_the_run_goes_
     page = (out / "index.html").read_text()
     assert "Not read (1)" in page and "old.png.json: iterations: expected an integer" in page
     recipe = write_recipe(tmp_path / "r.toml", RECONSTRUCT)
-    result = run("run", recipe, "-i", "skimage:coffee", "-o", out)
+    log = tmp_path / "log.jsonl"
+    result = run("run", recipe, "-i", "skimage:coffee", "-o", out, "--log-file", log)
     assert result.exit_code == 0, result.output
     assert (out / "coffee.png").is_file() and (out / "coffee.png.json").is_file()
     assert result.stderr.count("old.png.json") == 1
+    warnings = [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "warning"]
+    assert [w["message"] for w in warnings] == ["old.png.json: iterations: expected an integer, got the text "
+                                                "\"many\"; left out"]
 
 
 def test_record_entries_of_the_wrong_types_are_left_out_never_written_as_markup(tmp_path):
