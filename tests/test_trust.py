@@ -86,6 +86,13 @@ def test_a_users_index_html_is_kept_and_the_page_is_written_as_rvgen_html(tmp_pa
     (out / "rvgen.html").unlink()
     assert run("report", out).exit_code == 0 and (out / "index.html").is_file() and not (out / "rvgen.html").exists()
     assert run("report", out).exit_code == 0 and not (out / "rvgen.html").exists()
+    (out / "index.html").write_text(mine)  # neither name free: no page, nothing replaced
+    (out / "rvgen.html").write_text(mine)
+    result = run("report", out)
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: {out / 'index.html'} and {out / 'rvgen.html'} are not rvgen's pages; rvgen replaces neither, so "
+        "the folder's page is not written")
+    assert (out / "index.html").read_text() == mine == (out / "rvgen.html").read_text()
 
 
 def test_a_sidecar_of_the_wrong_types_is_skipped_with_one_line_and_the_run_goes_on(tmp_path):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rvgen import imageio
-from rvgen.errors import RvgenError
+from rvgen.errors import UsageError
 from rvgen.report.folder import Folder, read_folder
 from rvgen.report.page import GENERATOR, LiveStatus, PageWriter
 from rvgen.report.thumbs import Thumbnails
@@ -38,13 +38,13 @@ def is_rvgen_page(path: Path) -> bool:
 
 def page_path(folder: Path) -> tuple[Path, str | None]:
     """Where ``folder``'s page goes, and a line to say when that is not ``index.html``;
-    an :class:`~rvgen.errors.RvgenError` when neither name is free of a user's file."""
+    a :class:`~rvgen.errors.UsageError` when neither name is free of a user's file."""
     index = folder / PAGE_NAME
     if is_rvgen_page(index):
         return index, None
     other = folder / OTHER_PAGE_NAME
     if not is_rvgen_page(other):
-        raise RvgenError(f"{index} and {other} are not rvgen's pages; rvgen replaces neither, so the folder's "
+        raise UsageError(f"{index} and {other} are not rvgen's pages; rvgen replaces neither, so the folder's "
                          "page is not written")
     return other, f"{index} is not rvgen's page, so the folder's page is {other}"
 
