@@ -93,8 +93,8 @@ def test_recipe_typo_is_exit_2_with_one_line(tmp_path, photos):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "Error: optimizer.iteratons: unknown key (did you mean 'iterations'?); "
-        "allowed: batch_size, history, iterations, line_search, lr, min_size, name, parametrization, precision, "
-        "scale_iterations, scale_step, scales, tile_size, tolerance"
+        "allowed: batch_size, history, iterations, layout, line_search, lr, min_size, name, parametrization, "
+        "precision, scale_iterations, scale_step, scales, tile_size, tolerance"
     ]
     assert not (tmp_path / "out").exists(), "nothing is done before the recipe is valid"
 

@@ -164,9 +164,9 @@ def test_rvgen_plugins_lists_every_builtin_with_its_options():
         assert option in result.output
     data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
     vgg = next(e for e in data["backbone"] if e["name"] == "random-vgg19")
-    assert {p["name"] for p in vgg["params"]} == {"seed", "init", "std", "pooling", "normalize", "stacked_candidates",
-                                                 "stacked_reference", "stacked_iterations", "stacked_size",
-                                                 "stacked_criterion"}
+    assert {p["name"] for p in vgg["params"]} == {"seed", "init", "std", "pooling", "padding", "normalize",
+                                                 "stacked_candidates", "stacked_reference", "stacked_iterations",
+                                                 "stacked_size", "stacked_criterion"}
     assert next(p for p in vgg["params"] if p["name"] == "pooling")["choices"] == ["avg", "max"]
 
 
