@@ -77,6 +77,20 @@ SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pi
     "3 levels 100/40/10": levels(100, 40, 10) + ["optimizer.min_size=64"],
     "4 levels 150/80/30/8": levels(150, 80, 30, 8),
     "4 levels 100/60/30/10": levels(100, 60, 30, 10),
+    "3 levels 60/20/12": levels(60, 20, 12) + ["optimizer.min_size=64"],
+    "3 levels 80/30/12": levels(80, 30, 12) + ["optimizer.min_size=64"],
+    "4 levels 60/40/20/12": levels(60, 40, 20, 12),
+    "3 levels 60/20/12 style 30": levels(60, 20, 12) + ["optimizer.min_size=64", "task.style_weight=30.0"],
+    "3 levels 40/15/15": levels(40, 15, 15) + ["optimizer.min_size=64"],
+    "3 levels 40/15/15 style 30": levels(40, 15, 15) + ["optimizer.min_size=64", "task.style_weight=30.0"],
+    "3 levels 60/20/12 detail": levels(60, 20, 12) + ["optimizer.min_size=64", "optimizer.upsample_detail=true"],
+    "3 levels 60/20/12 detail style 25": levels(60, 20, 12) + ["optimizer.min_size=64",
+                                                              "optimizer.upsample_detail=true",
+                                                              "task.style_weight=25.0"],
+    "3 levels 50/15/10 detail": levels(50, 15, 10) + ["optimizer.min_size=64", "optimizer.upsample_detail=true"],
+    "3 levels 50/15/10 detail style 25": levels(50, 15, 10) + ["optimizer.min_size=64",
+                                                              "optimizer.upsample_detail=true",
+                                                              "task.style_weight=25.0"],
     "plateau stop": ["optimizer.tolerance=0.01"],
     # the picture's edges
     "reflect padding": ["backbone.padding='reflect'"],
@@ -85,6 +99,7 @@ SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pi
     "adam 4 levels 200/100/25/5": levels(200, 100, 25, 5) + ["optimizer.name='adam'"],
     # from noise (scream)
     "4 levels 300/150/40/10": levels(300, 150, 40, 10),
+    "4 levels 300/150/40/10 detail": levels(300, 150, 40, 10) + ["optimizer.upsample_detail=true"],
     "4 levels 300/100/25/5": levels(300, 100, 25, 5),
 }
 

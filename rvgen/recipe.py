@@ -75,6 +75,9 @@ OPTIMIZER_PARAMS = (
           minimum=1, maximum=MAX_ITERATIONS, nullable=True, kind="counts"),
     Param("scale_step", float, 2.0, "size ratio between neighbouring pyramid levels (2: each half the next; "
           "1.414: more, closer levels)", minimum=1.1, maximum=4.0, digest_neutral=True),
+    Param("upsample_detail", bool, False, "start each finer pyramid level from the coarser result plus the fine "
+          "detail of the task's starting image (the photo, for style from the content) that upsampling loses",
+          digest_neutral=True),
     Param("tile_size", int, None, "evaluate images whose long side exceeds this many pixels in tiles of it, "
           "exactly (default: only when a whole image does not fit in memory); a multiple of 16 for VGG",
           minimum=16, maximum=MAX_SIZE, nullable=True, digest_neutral=True),
@@ -102,7 +105,7 @@ TERM_PARAMS = (
 
 OPTIMIZER_FIELDS = ("name", "iterations", "lr", "history", "line_search", "parametrization", "tolerance")
 EXECUTION_FIELDS = ("precision", "batch_size", "tile_size", "layout")
-PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations", "scale_step")
+PYRAMID_FIELDS = ("scales", "min_size", "scale_iterations", "scale_step", "upsample_detail")
 
 
 @dataclass(frozen=True)

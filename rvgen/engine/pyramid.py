@@ -29,6 +29,9 @@ class PyramidConfig:
     min_size: int = 64
     scale_iterations: int | tuple[int, ...] | None = None
     scale_step: float = 2.0
+    upsample_detail: bool = False
+    """Start each finer level from the coarser result plus the starting image's detail that
+    upsampling loses (see :meth:`rvgen.engine.synth.Synthesizer._upsample`)."""
 
     def budgets(self, levels: int, iterations: int) -> list[int]:
         """Iterations at each of ``levels`` levels, smallest first; the output level gets

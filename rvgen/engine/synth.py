@@ -250,7 +250,7 @@ class Synthesizer:
             start = self._start(level_content, variations, shape)
             self.objective.reset_weights()
             self.objective.auto_weight(start)
-            x0 = start if x is None else resize(x, shape)
+            x0 = start if x is None else self._upsample(x, start, shape)
             offset = sum(budgets[:level])
             report, snapshot_at = None, None
             if callback is not None:
@@ -285,6 +285,18 @@ class Synthesizer:
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
+
+    def _upsample(self, x: torch.Tensor, start: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """A coarser level's result ``x`` as the start of the level of ``shape``: upsampled and,
+        with ``pyramid.upsample_detail``, plus the detail that upsampling cannot make, taken from
+        the task's own starting image at this level (``start - up(down(start))``: for style
+        transfer from the photo, the photo's finest edges, which the coarse levels had no room
+        for and the fine level would otherwise need many iterations to draw again)."""
+        up = resize(x, shape)
+        if not self.pyramid.upsample_detail:
+            return up
+        detail = start - resize(resize(start, tuple(x.shape[-2:])), shape)
+        return (up + detail).clamp(0, 1)
 
     def run(
         self,
