@@ -100,6 +100,11 @@ SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pi
     # from noise (scream)
     "4 levels 300/150/40/10": levels(300, 150, 40, 10),
     "4 levels 300/150/40/10 detail": levels(300, 150, 40, 10) + ["optimizer.upsample_detail=true"],
+    "4 levels 300/150/40/10 detail style 10": levels(300, 150, 40, 10) + ["optimizer.upsample_detail=true",
+                                                                         "task.style_weight=10.0"],
+    "4 levels 300/150/40/10 detail style 20": levels(300, 150, 40, 10) + ["optimizer.upsample_detail=true",
+                                                                         "task.style_weight=20.0"],
+    "4 levels 300/150/40/10 style 20": levels(300, 150, 40, 10) + ["task.style_weight=20.0"],
     "4 levels 300/100/25/5": levels(300, 100, 25, 5),
 }
 

@@ -87,7 +87,8 @@ EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done),
               help="Workers per device. Default: one per GPU; on the CPU, the cores divided by --threads.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch threads per CPU image, whatever --workers is (a CPU result depends on them, not on "
-                   "--workers). Default: 4, or every core if fewer.")
+                   "--workers; a result made on other threads is made again). Default: 1, or cores / 8 past 8 "
+                   "cores.")
 @click.option("--shard", metavar="K/N", help="Make only shard K of N of the jobs (for N machines).")
 @click.option("--force", is_flag=True, help="Redo images that are already done.")
 @click.option("--wait", is_flag=True, help="If another run holds the output folder, wait for it instead of exiting 75.")
@@ -165,6 +166,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)
     key = prepare(parsed)
+    key = replace(key, threads=next((s.threads for s in specs if s.device == "cpu"), None))
     if from_image is not None:  # a reference only the image's metadata names gets no thumbnail or link on the page
         key = replace(key, sources={name: source for name, source in key.sources.items() if f"task.{name}" in named})
     if dry_run:
@@ -515,7 +517,7 @@ def recipes() -> None:
 @click.option("--devices", "--device", "devices", metavar="DEVICES",
               help="Devices, e.g. cpu or cuda:0,cuda:1 (default: every GPU, else the CPU), as in run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Workers per device; each CPU image runs on 4 torch threads (all cores if fewer).")
+              help="Workers per device; each CPU image runs on 1 torch thread (cores / 8 past 8 cores).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the tables.")
 @click.pass_context
 def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Path, backbones: str | None,

@@ -290,14 +290,13 @@ def test_cpu_workers_run_each_image_with_the_same_threads_and_fill_the_cores_by_
     def specs(*args, **kwargs):
         return [(s.name, s.threads) for s in worker_specs(*args, **kwargs)]
 
-    assert specs(["cpu"], 2, cpu_count=16) == [("cpu#1", 4), ("cpu#2", 4)]
-    assert specs(["cpu"], 1, cpu_count=16) == [("cpu", 4)]  # not 16: the pixels would differ from --workers 2
-    assert specs(["cpu"], cpu_count=16) == [(f"cpu#{i}", 4) for i in (1, 2, 3, 4)]  # the default fills the cores
-    assert specs(["cpu"], cpu_count=2) == [("cpu", 2)] and specs(["cpu"], 3, cpu_count=2) == [("cpu#1", 2),
-                                                                                              ("cpu#2", 2),
-                                                                                              ("cpu#3", 2)]
+    assert specs(["cpu"], 2, cpu_count=16) == [("cpu#1", 2), ("cpu#2", 2)]
+    assert specs(["cpu"], 1, cpu_count=16) == [("cpu", 2)]  # not 16: the pixels would differ from --workers 2
+    assert specs(["cpu"], cpu_count=16) == [(f"cpu#{i}", 2) for i in range(1, 9)]  # the default fills the cores
+    assert specs(["cpu"], cpu_count=2) == [("cpu#1", 1), ("cpu#2", 1)]  # one thread an image up to 8 cores
+    assert specs(["cpu"], 3, cpu_count=2) == [("cpu#1", 1), ("cpu#2", 1), ("cpu#3", 1)]
     assert specs(["cpu"], cpu_count=16, threads=16) == [("cpu", 16)]
-    assert specs(["cuda:0", "cpu"], cpu_count=8) == [("cuda:0", None), ("cpu#1", 4), ("cpu#2", 4)]
+    assert specs(["cuda:0", "cpu"], cpu_count=4) == [("cuda:0", None)] + [(f"cpu#{i}", 1) for i in (1, 2, 3, 4)]
     assert specs(["cuda:0", "cuda:1"], cpu_count=8) == [("cuda:0", None), ("cuda:1", None)]
 
 

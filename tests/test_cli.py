@@ -94,7 +94,7 @@ def test_recipe_typo_is_exit_2_with_one_line(tmp_path, photos):
     assert result.output.strip().splitlines() == [
         "Error: optimizer.iteratons: unknown key (did you mean 'iterations'?); "
         "allowed: batch_size, history, iterations, layout, line_search, lr, min_size, name, parametrization, "
-        "precision, scale_iterations, scale_step, scales, tile_size, tolerance"
+        "precision, scale_iterations, scale_step, scales, tile_size, tolerance, upsample_detail"
     ]
     assert not (tmp_path / "out").exists(), "nothing is done before the recipe is valid"
 
@@ -187,12 +187,12 @@ def test_internal_errors_show_a_traceback_only_with_verbose(tmp_path, photos, mo
 
     monkeypatch.setattr(worker, "Pipeline", boom)
     path = recipe(tmp_path, '[task]\nname = "reconstruct"\n')
-    quiet = run("run", path, "-i", photos, "-o", tmp_path / "out")
+    quiet = run("run", path, "-i", photos, "-o", tmp_path / "out", "--workers", "1")  # in this process
     assert quiet.exit_code == 1, quiet.output
     assert "worker cpu did not start: RuntimeError: kaboom" in quiet.output
     assert "0 done, 0 failed, 2 not started" in quiet.output
     assert "Traceback" not in quiet.output
-    loud = run("-v", "run", path, "-i", photos, "-o", tmp_path / "out")
+    loud = run("-v", "run", path, "-i", photos, "-o", tmp_path / "out", "--workers", "1")
     assert "Traceback" in loud.output
 
 
@@ -234,7 +234,7 @@ def test_interrupting_a_batch_keeps_finished_outputs_and_exits_130(tmp_path, pho
     monkeypatch.setattr(Synthesizer, "run", run_then_interrupt)
     out = tmp_path / "out"
     result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 2, 16),
-                 "-i", photos, "-o", out)
+                 "-i", photos, "-o", out, "--workers", "1")  # one worker, in this process
     assert result.exit_code == 130
     assert "interrupted (SIGINT): 1 done, 0 failed, 1 not started" in result.output
     assert "abandoned: trip/coffee.png" in result.output

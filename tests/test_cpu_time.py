@@ -230,3 +230,25 @@ def test_upsample_detail_starts_the_fine_level_with_the_photos_edges(tmp_path):
     assert ssim["true"] > ssim["false"] + 0.1, ssim
     assert load_recipe(style_recipe(tmp_path), ["optimizer.upsample_detail=false"]).digest() == \
         load_recipe(style_recipe(tmp_path)).digest()
+
+
+def test_a_result_made_on_other_threads_is_made_again(tmp_path):
+    """An image's pixels depend on its torch threads: a folder made with --threads 2 is made
+    again by a run on 1 thread (as one made with the earlier default is by today's)."""
+    path = reconstruct_recipe(tmp_path)
+    photos = tmp_path / "in"
+    write_sample(photos / "cat.png", "chelsea", 40)
+    out = tmp_path / "out"
+
+    def run(threads: str):
+        result = CliRunner().invoke(cli, ["run", str(path), "-i", str(photos), "-o", str(out), "--no-report",
+                                          "--threads", threads, "--set", "optimizer.iterations=4"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("2")
+    made = (out / "cat.png.json").stat().st_mtime_ns
+    run("2")  # the same threads: finished, left alone
+    assert (out / "cat.png.json").stat().st_mtime_ns == made
+    run("1")
+    assert json.loads((out / "cat.png.json").read_text())["threads"] == 1

@@ -80,7 +80,9 @@ def run_jobs(
     return summary
 
 
-CPU_THREADS = 4  # torch threads per image on a CPU (or all the cores, if fewer), whatever --workers is
+MAX_CPU_WORKERS = 8
+"""CPU workers the default fills the cores with at one torch thread each; past this many cores,
+each image gets more threads instead (every worker holds its own network and images)."""
 
 
 def cores() -> int:
@@ -89,9 +91,13 @@ def cores() -> int:
 
 
 def cpu_threads(cpu_count: int | None = None) -> int:
-    """The torch threads each CPU worker runs each image with by default: :data:`CPU_THREADS`,
-    or every core where there are fewer."""
-    return max(1, min(CPU_THREADS, cpu_count or cores()))
+    """The torch threads each CPU worker runs each image with by default: one, up to
+    :data:`MAX_CPU_WORKERS` cores; on more, as many as make that many workers fill the cores.
+    Images made side by side on one thread each go through a folder faster than images made
+    one after another on several (on 2 cores, 16 images: 2 workers x 1 thread 271 images an
+    hour, 1 x 2 threads 236; docs/benchmarks.md); an image's pixels depend on its threads,
+    so this never depends on the folder."""
+    return max(1, (cpu_count or cores()) // MAX_CPU_WORKERS)
 
 
 def worker_specs(devices: Sequence[str], per_device: int | None = None, cpu_count: int | None = None,

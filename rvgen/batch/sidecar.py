@@ -75,6 +75,7 @@ class RunKey:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # reference name -> its file
     precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
     layout: str = field(default="auto", compare=False)  # and its optimizer.layout
+    threads: int | None = field(default=None, compare=False)  # torch threads of this run's CPU images
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
@@ -225,12 +226,14 @@ def is_finished(job: Job, key: RunKey) -> bool:
 
 def _same_numerics(data: Mapping[str, Any], key: RunKey) -> bool:
     """Whether a CPU result was made in the precision and layout its recipe resolves to on a
-    CPU now (``auto``: bf16 where the CPU has native bf16, channels-last): they change its
-    pixels. A CPU result whose sidecar does not say was made as rvgen made them before it did:
+    CPU now (``auto``: bf16 where the CPU has native bf16, channels-last), and on the torch
+    threads this run's CPU workers use (``key.threads``, when known): they change its pixels. A CPU result whose sidecar does not say was made as rvgen made them before it did:
     float32, contiguous. Results of other devices are not compared (``auto`` resolves there
     as it always did)."""
     if str(data.get("device") or "cpu").split(":")[0] != "cpu":
         return True
+    if key.threads is not None and data.get("threads") not in (None, key.threads):
+        return False  # another split of the reductions: other pixels
     now = resolve_numerics(key.precision, "cpu", key.layout)
     return (data.get("precision", LEGACY_CPU.precision), data.get("layout", LEGACY_CPU.layout)) == \
         (now.precision, now.layout)
