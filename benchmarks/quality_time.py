@@ -64,6 +64,9 @@ def levels(*budgets: int, step: float = 2.0) -> list[str]:
             f"optimizer.scale_iterations={list(budgets[:-1])}", f"optimizer.iterations={budgets[-1]}"]
 
 
+SHIPPED = levels(50, 15, 10) + ["optimizer.upsample_detail=true", "task.style_weight=30.0"]
+"""The schedule the painted recipes ship (written out, so the levers below vary only one thing)."""
+
 SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pins; None: the recipe as shipped
     "today": [],
     "shipped": None,
@@ -91,6 +94,9 @@ SETTINGS: dict[str, list[str] | None] = {  # overrides on each recipe's TODAY pi
     "3 levels 50/15/10 detail style 25": levels(50, 15, 10) + ["optimizer.min_size=64",
                                                               "optimizer.upsample_detail=true",
                                                               "task.style_weight=25.0"],
+    "shipped + reflect padding": SHIPPED + ["backbone.padding='reflect'"],
+    "shipped + plateau stop": SHIPPED + ["optimizer.tolerance=0.01", "optimizer.iterations=30"],
+    "shipped with adam": SHIPPED + ["optimizer.name='adam'"],
     "plateau stop": ["optimizer.tolerance=0.01"],
     # the picture's edges
     "reflect padding": ["backbone.padding='reflect'"],

@@ -205,7 +205,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
             if not parsed.output["keep_steps"]:  # a killed run's step images, which it would have removed
                 remove_steps(jobs)
             todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
-            run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))
+            busy = specs[: max(1, len(todo))]  # no worker without an image to make (one image: in this process)
+            run_info = RunInfo(todo, len(finished), plan.ignored, busy, str(output))
             summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
     finally:
         if log is not None:

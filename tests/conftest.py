@@ -55,3 +55,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def png_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         return im.size
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_worker(monkeypatch):
+    """``rvgen run`` in this process sees one core, so its default is one worker in this process
+    (a worker process per core costs seconds to start in every CLI test); tests of several
+    workers ask for them (``--workers``), and the default split itself is tested with explicit
+    core counts (``worker_specs(..., cpu_count=N)``)."""
+    import rvgen.batch.runner
+
+    monkeypatch.setattr(rvgen.batch.runner, "cores", lambda: 1)
