@@ -274,11 +274,13 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     # records (unless set here), so it comes back bit for bit on any CPU.
     if str(data.get("device") or "").split(":")[0] != "cpu":
         return parsed, cwd_keys, None
+    from rvgen.engine.precision import LAYOUTS, LEGACY_CPU, PRECISIONS
+
     pins = []
-    for key, default, allowed in (("precision", "fp32", ("fp32", "bf16")),  # CPU results before they were
-                                  ("layout", "contiguous", ("channels_last", "contiguous"))):  # recorded
-        made = data.get(key, default)
-        if made in allowed and getattr(parsed.execution, key) == "auto" and f"optimizer.{key}" not in cwd_keys:
+    for key, allowed in (("precision", PRECISIONS), ("layout", LAYOUTS)):
+        made = data.get(key, getattr(LEGACY_CPU, key))  # a CPU result from before they were recorded
+        if made in allowed and made != "auto" and getattr(parsed.execution, key) == "auto" \
+                and f"optimizer.{key}" not in cwd_keys:
             pins.append(f"optimizer.{key}='{made}'")
     if pins:
         parsed = parse_recipe(apply_overrides(resolved, pins)[0], cwd_keys=cwd_keys, source=str(image))
