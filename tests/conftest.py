@@ -15,6 +15,20 @@ from PIL import Image  # noqa: E402
 from rvgen import imageio  # noqa: E402
 
 
+TINY_RECONSTRUCT = '''
+[task]
+name = "reconstruct"
+layer = "relu1_1"
+
+[optimizer]
+iterations = 2
+
+[output]
+size = 32
+'''
+"""A recipe that makes a 32 px result in a fraction of a second: for tests of files and folders."""
+
+
 def sample(name: str, size: int) -> torch.Tensor:
     """A scikit-image sample photo at ``size`` px long side, (1, 3, H, W) in [0, 1]."""
     return imageio.load_image(f"skimage:{name}", size)

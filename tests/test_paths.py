@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_recipe, write_sample
+from conftest import TINY_RECONSTRUCT, write_recipe, write_sample
 
 from rvgen import imageio
 from rvgen.batch.jobs import find_inputs, plan_jobs
@@ -18,17 +18,7 @@ from rvgen.batch.runner import remove_leftovers
 from rvgen.cli import cli
 from rvgen.errors import UsageError
 
-RECIPE = '''
-[task]
-name = "reconstruct"
-layer = "relu1_1"
-
-[optimizer]
-iterations = 2
-
-[output]
-size = 32
-'''
+RECIPE = TINY_RECONSTRUCT
 
 
 def run(tmp_path: Path, *args) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_recipe, write_sample
+from conftest import TINY_RECONSTRUCT, write_recipe, write_sample
 from test_report import Page
 
 import torch
@@ -30,17 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECONSTRUCT = '''
-[task]
-name = "reconstruct"
-layer = "relu1_1"
-
-[optimizer]
-iterations = 2
-
-[output]
-size = 32
-'''
+RECONSTRUCT = TINY_RECONSTRUCT
 
 
 def run(*args):
