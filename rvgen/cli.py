@@ -275,12 +275,16 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     if str(data.get("device") or "").split(":")[0] != "cpu":
         return parsed, cwd_keys, None
     from rvgen.engine.precision import LAYOUTS, LEGACY_CPU, PRECISIONS
+    from rvgen.engine.precision import resolve as resolve_numerics
 
+    # Only where "auto" would resolve otherwise on this CPU: elsewhere the recipe, and its
+    # digest, stay as recorded.
+    here = resolve_numerics(parsed.execution.precision, "cpu", parsed.execution.layout)
     pins = []
     for key, allowed in (("precision", PRECISIONS), ("layout", LAYOUTS)):
         made = data.get(key, getattr(LEGACY_CPU, key))  # a CPU result from before they were recorded
-        if made in allowed and made != "auto" and getattr(parsed.execution, key) == "auto" \
-                and f"optimizer.{key}" not in cwd_keys:
+        if made in allowed and made != "auto" and made != getattr(here, key) \
+                and getattr(parsed.execution, key) == "auto" and f"optimizer.{key}" not in cwd_keys:
             pins.append(f"optimizer.{key}='{made}'")
     if pins:
         parsed = parse_recipe(apply_overrides(resolved, pins)[0], cwd_keys=cwd_keys, source=str(image))

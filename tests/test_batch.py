@@ -23,7 +23,7 @@ from PIL import Image
 from rvgen import imageio
 from rvgen.batch.jobs import Job, select_shard
 from rvgen.batch.lock import OutputLock
-from rvgen.batch.runner import worker_specs
+from rvgen.batch.runner import cpu_threads, worker_specs
 from rvgen.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_two_cpu_workers_share_a_folder_make_each_image_once_and_survive_a_corru
     assert {e["worker"] for e in done} == {"cpu#1", "cpu#2"}  # both workers made images
     ready = [e for e in events(log) if e["event"] == "worker_ready"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert [e["threads"] for e in ready] == [min(4, cores)] * 2  # each image has the same threads
+    assert [e["threads"] for e in ready] == [cpu_threads(cores)] * 2  # each image has the default threads
     assert check_complete_or_absent(out, inputs) == 6
     assert "6 done, 1 failed" in text and "broken.jpg: " in text and "Traceback" not in text
     failed = [e for e in events(log) if e["event"] == "image_failed"]

@@ -184,25 +184,35 @@ def test_reflect_padding_sees_no_dark_frame_around_the_image(tmp_path):
     assert spread["reflect"] < 1e-5
 
 
-def test_from_an_image_pins_the_precision_and_threads_it_was_made_with(tmp_path):
+def test_from_an_image_pins_the_precision_and_threads_it_was_made_with(tmp_path, native_bf16):
     """``rvgen run --from`` remakes a CPU result bit for bit although this machine's default
-    threads differ: it runs in the precision and on the threads the image records."""
+    threads differ, and although ``precision = "auto"`` means bf16 here now: it runs on the
+    threads and in the precision the image records, changing the recipe (and its digest) only
+    where "auto" would resolve otherwise."""
+    native_bf16(False)
     path = reconstruct_recipe(tmp_path)
     photos = tmp_path / "in"
     write_sample(photos / "cat.png", "chelsea", 40)
-    first, again = tmp_path / "first", tmp_path / "again"
+    first, again, bf16_cpu = tmp_path / "first", tmp_path / "again", tmp_path / "bf16_cpu"
     made = CliRunner().invoke(cli, ["run", str(path), "-i", str(photos), "-o", str(first), "-q", "--no-report",
-                                    "--threads", "1", "--set", "optimizer.iterations=6"])
+                                    "--threads", "2", "--set", "optimizer.iterations=6"])
     assert made.exit_code == 0, made.output
-    remade = CliRunner().invoke(cli, ["run", "--from", str(first / "cat.png"), "-i", str(photos), "-o", str(again),
-                                      "-q", "--no-report"])
-    assert remade.exit_code == 0, remade.output
-    old, new = (json.loads((folder / "cat.png.json").read_text()) for folder in (first, again))
-    assert (new["threads"], new["precision"], new["layout"]) == (1, "fp32", "channels_last") == \
+    old = json.loads((first / "cat.png.json").read_text())
+
+    def remake(out: Path) -> dict:
+        result = CliRunner().invoke(cli, ["run", "--from", str(first / "cat.png"), "-i", str(photos), "-o", str(out),
+                                          "-q", "--no-report"])
+        assert result.exit_code == 0, result.output
+        assert torch.equal(imageio.load_image(first / "cat.png"), imageio.load_image(out / "cat.png"))
+        return json.loads((out / "cat.png.json").read_text())
+
+    new = remake(again)
+    assert (new["threads"], new["precision"], new["layout"]) == (2, "fp32", "channels_last") == \
         (old["threads"], old["precision"], old["layout"])
-    assert new["recipe"]["resolved"]["optimizer"]["precision"] == "fp32"  # pinned, not "auto"
-    assert new["recipe"]["resolved"]["optimizer"]["layout"] == "channels_last"
-    assert torch.equal(imageio.load_image(first / "cat.png"), imageio.load_image(again / "cat.png"))
+    assert new["recipe"]["digest"] == old["recipe"]["digest"]  # nothing to pin: the same recipe
+    native_bf16(True)  # a CPU where auto would mean bf16: the recorded fp32 is pinned
+    pinned = remake(bf16_cpu)
+    assert pinned["precision"] == "fp32" and pinned["recipe"]["resolved"]["optimizer"]["precision"] == "fp32"
 
 
 def test_reflect_padding_runs_where_a_deep_layer_is_one_position_wide(tmp_path):

@@ -7,7 +7,6 @@ recipe digest. Every CPU worker now runs each image with the same threads, recor
 sidecar."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from conftest import write_recipe
 from PIL import Image
 from test_batch import folder
 
+from rvgen.batch.runner import cpu_threads
 from rvgen.cli import cli
 
 STYLE = '''
@@ -45,10 +45,9 @@ def test_one_worker_and_two_workers_make_the_same_pixels(tmp_path):
                                           "--workers", str(workers)])
         assert result.exit_code == 0 and "2 done, 0 failed" in result.output, result.output
         made[workers] = pixels(out)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         for sidecar in out.glob("*.json"):
             data = json.loads(sidecar.read_text())
-            assert data["threads"] == min(4, cores) and data["device"] == "cpu"
+            assert data["threads"] == cpu_threads() and data["device"] == "cpu"
     assert sorted(made[1]) == sorted(made[2]) == ["astronaut.png", "chelsea.png"]
     for name, image in made[1].items():
         assert max(image.shape[:2]) == 48 and image.shape[2] == 3

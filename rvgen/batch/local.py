@@ -62,6 +62,30 @@ def run_inline(recipe: Recipe, key: RunKey, jobs: Sequence[Job], spec: WorkerSpe
         torch.set_num_threads(threads)
 
 
+PARENT_CHECK = 0.5  # seconds between a worker process's checks that the run that started it is alive
+
+
+def exit_with_parent() -> None:
+    """End this process as soon as the one that started it is gone (a run killed with SIGKILL
+    cannot tell its workers): a worker or queue manager left behind would go on using the
+    CPU and hold the run's terminal or pipes open. Ending it at any moment loses nothing:
+    results are written to temporary names and renamed (the next run removes leftovers)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="rvgen-parent-watch", daemon=True).start()
+
+
+def child_init() -> None:
+    """What every process a run starts does first: leave signals to the parent, die with it."""
+    ignore_stop_signals()
+    exit_with_parent()
+
+
 def process_main(
     recipe: Recipe,
     key: RunKey,
@@ -79,7 +103,7 @@ def process_main(
     Signals are the parent's business: it hears Ctrl-C and SIGTERM and sets ``stop``, and
     the worker abandons its image at the next check.
     """
-    ignore_stop_signals()
+    child_init()
     try:
         worker = Worker(recipe, key, device, name, events.put, stop.is_set, keep_images=keep_images, threads=threads)
     except BaseException as exc:
@@ -122,7 +146,7 @@ def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Seq
     from joblib import Parallel, delayed
 
     manager = SyncManager()
-    manager.start(ignore_stop_signals)  # Ctrl-C reaches the whole process group; the parent decides
+    manager.start(child_init)  # Ctrl-C reaches the whole process group; the parent decides
     try:
         job_queue, event_queue, stop = manager.Queue(), manager.Queue(), manager.Event()
         for job in jobs:
