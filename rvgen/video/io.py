@@ -25,7 +25,6 @@ and the fix (download it again) is the user's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,12 +213,12 @@ def probe(path: Path, frames: range | None = None, fps: float | None = None) -> 
     before any work on it). Raises :class:`ImageError` (one line) for a clip that cannot be read."""
     path = Path(path)
     times: list[float] = []
-    first: tuple[av.VideoStream, av.VideoFrame] | None = None
+    first: tuple[av.VideoStream, av.VideoFrame, bool] | None = None
     for stream, _, time, frame in _selected(path, frames, fps):
         times.append(float(time))
         if first is None:
-            first = stream, frame
-    stream, frame = first
+            first = stream, frame, bool(stream.container.streams.audio)
+    stream, frame, has_audio = first
     rotation = _rotation(frame)
     width, height = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
     if fps is not None:
@@ -230,8 +229,6 @@ def probe(path: Path, frames: range | None = None, fps: float | None = None) -> 
         rate = Fraction((len(times) - 1) / (times[-1] - times[0])).limit_denominator(1001)
     else:
         rate = Fraction(25)
-    with _reading(path), av.open(str(path), metadata_errors="ignore") as container:
-        has_audio = bool(container.streams.audio)
     return ClipInfo(width=width, height=height, frames=len(times), times=tuple(times), fps=rate,
                     rotation=rotation, has_audio=has_audio, codec=stream.codec_context.name)
 
@@ -335,8 +332,8 @@ def _copy_audio(container, clip, audio, start: float, end: float) -> None:
         length = float((packet.duration or 0) * packet.time_base)
         if time + length <= start or time >= end:
             continue
-        if offset is None:
-            offset = packet.pts
+        if offset is None:  # the span's start, or this packet's if it begins before (a partial packet)
+            offset = min(packet.pts, round(start / packet.time_base))
         packet.pts -= offset
         packet.dts -= offset
         packet.stream = out
@@ -352,19 +349,20 @@ def _encode_audio(container, clip, audio, encoder: str, start: float, end: float
     layout = audio.codec_context.layout.name if audio.codec_context.layout else "stereo"
     out.layout = layout if audio.codec_context.channels <= 2 else "stereo"
     resampler = av.AudioResampler(format=out.codec_context.codec.audio_formats[0].name, layout=out.layout.name, rate=rate)
-    samples = 0
+    samples = None  # the output's next sample: the first one at the first kept frame's place in the span
     for frame in clip.decode(audio):
-        if frame.pts is not None:
-            time = float(frame.pts * frame.time_base)
-            if time + frame.samples / frame.sample_rate <= start:
-                continue
-            if time >= end:
-                break
+        time = None if frame.pts is None else float(frame.pts * frame.time_base)
+        if time is not None and time + frame.samples / frame.sample_rate <= start:
+            continue
+        if time is not None and time >= end:
+            break
+        if samples is None:
+            samples = max(0, round(((time or start) - start) * rate))
         for chunk in resampler.resample(frame):
             chunk.pts, chunk.time_base = samples, Fraction(1, rate)
             samples += chunk.samples
             container.mux(out.encode(chunk))
-    for chunk in resampler.resample(None):
+    for chunk in resampler.resample(None) if samples is not None else ():
         chunk.pts, chunk.time_base = samples, Fraction(1, rate)
         samples += chunk.samples
         container.mux(out.encode(chunk))
@@ -423,7 +421,10 @@ def write_clip(frames: Iterable[torch.Tensor | str | Path], times: Sequence[floa
                 raise ValueError(f"{count} frames for {len(times)} times")
             container.mux(stream.encode(None))
 
-    _atomic_write(out, write)
+    try:
+        _atomic_write(out, write)
+    except av.error.FFmpegError:
+        raise ImageError(f"{out}: the {codec} encoder or the {muxer} muxer refused the clip") from None
 
 
 def _chain(first: torch.Tensor, rest: Iterator) -> Iterator[torch.Tensor]:
