@@ -53,28 +53,31 @@ def test_dis_flow_is_close_to_the_true_flow_and_warps_frame_onto_frame(scene):
         assert flow.shape == (h, w, 2) and flow.dtype == torch.float32
         error = (flow - scene.flows[t]).norm(dim=-1)
         background = inner(h, w) & ~near(scene.square[t] | scene.square[t - 1], 4)
-        assert error[inner(h, w)].mean() < 0.4  # measured 0.22 to 0.29 px (DIS smooths the square's edges)
-        assert error[background].mean() < 0.2  # measured 0.06 to 0.11 px
+        assert error[inner(h, w)].mean() < 0.25  # measured 0.09 to 0.15 px (the square's edges)
+        assert error[background].mean() < 0.05  # measured 0.004 to 0.016 px
         seen = inner(h, w) & ~scene.uncovered[t]
-        assert psnr_over(warp(scene.frames[t - 1], flow), scene.frames[t], seen) > 24  # measured 25.9 to 27.6 dB
+        assert psnr_over(warp(scene.frames[t - 1], flow), scene.frames[t], seen) > 29  # measured 30.5 to 33.6 dB
     # The other way round: the previous frame's pixels move by +shift.
     forward = optical_flow(scene.frames[0], scene.frames[1])
     assert forward[~near(scene.square[0] | scene.square[1], 4) & inner(h, w)].mean(dim=0).tolist() == pytest.approx([2, 1], abs=0.1)
 
 
-def test_reliability_is_zero_where_the_square_uncovers_and_one_on_the_background(scene):
+def test_reliability_is_low_where_the_square_uncovers_and_one_on_the_background(scene):
     h, w = SIZE[::-1]
+    passed = []
     for t in range(1, 6):
         cur, prev = scene.frames[t], scene.frames[t - 1]
         weights = reliability(optical_flow(cur, prev), optical_flow(prev, cur))
         assert weights.shape == (h, w) and set(weights.unique().tolist()) <= {0.0, 1.0}
         uncovered = scene.uncovered[t] & inner(h, w)
         background = inner(h, w) & ~near(scene.square[t] | scene.square[t - 1], 3)
-        # DIS's 12 px patches smear the flow across the 1 to 4 px wide strips the square
-        # uncovers, so some of them pass: measured 5 % to 31 % (against 98.5 % to 99.9 %).
-        assert weights[uncovered].mean() < 0.45
+        # DIS's 8 px patches blur the flow across the 1 to 4 px wide strips the square
+        # uncovers, so some of them pass: measured 3 % to 36 % (the background 97.8 % to 99.8 %).
+        passed.append(weights[uncovered].mean().item())
+        assert passed[-1] < 0.45
         assert weights[background].mean() > 0.97
         assert weights[:, : 2].mean() == 0  # entered at the left border: nothing to warp from
+    assert sum(passed) / len(passed) < 0.25  # measured 0.13
     # With the true flows, exactly the uncovered pixels and the square's edge are unreliable.
     true_back = scene.flows[2]
     true_forth = -scene.flows[2]  # the frame-1-to-frame-2 flow, in frame 1's layout
@@ -99,9 +102,27 @@ def test_warping_error_is_small_for_the_clip_and_large_shuffled(scene):
     flows = [None] + [optical_flow(scene.frames[t], scene.frames[t - 1]) for t in range(1, 6)]
     weights = [None] + [reliability(flows[t], optical_flow(scene.frames[t - 1], scene.frames[t])) for t in range(1, 6)]
     errors = warping_error(scene.frames, flows, weights)
-    assert len(errors) == 5 and max(errors) < 0.002  # measured 0.0002 to 0.0008
+    assert len(errors) == 5 and max(errors) < 0.001  # measured 0.00001 to 0.0003
     shuffled = [scene.frames[t] for t in (3, 0, 4, 1, 5, 2)]  # no two neighbours stay neighbours
-    assert min(warping_error(shuffled, flows, weights)) > 30 * max(errors)  # measured 0.09 to 0.12
+    assert min(warping_error(shuffled, flows, weights)) > 100 * max(errors)  # measured 0.09 to 0.12
     assert warping_error(scene.frames, flows[1:], weights[1:]) == errors  # entry 0 may be left out
     nothing = [None] + [torch.zeros_like(w) for w in weights[1:]]
     assert all(math.isnan(e) for e in warping_error(scene.frames, flows, nothing))
+
+
+@pytest.mark.slow
+def test_dis_flow_and_reliability_at_a_user_size():
+    scene = pan_scene(3, (512, 384), shift=(3, 2), square_shift=(-6, 4), square=96)
+    h, w = 384, 512
+    middle = torch.zeros(h, w, dtype=torch.bool)
+    middle[12:-12, 12:-12] = True
+    for t in (1, 2):
+        cur, prev = scene.frames[t], scene.frames[t - 1]
+        flow = optical_flow(cur, prev)
+        weights = reliability(flow, optical_flow(prev, cur))
+        error = (flow - scene.flows[t]).norm(dim=-1)
+        background = middle & ~near(scene.square[t] | scene.square[t - 1], 8)
+        assert error[middle].mean() < 0.15  # measured 0.07 and 0.10 px
+        assert error[background].mean() < 0.05  # measured 0.008 and 0.02 px
+        assert weights[scene.uncovered[t] & middle].mean() < 0.2  # measured 0.12 and 0.0
+        assert weights[background].mean() > 0.99  # measured 0.997 and 0.999
