@@ -91,6 +91,8 @@ def test_reliability_is_low_where_the_square_uncovers_and_one_on_the_background(
 def test_scene_cuts_finds_the_cut_and_only_it():
     assert scene_cuts(cut_scene(8, (64, 48), cut=5).frames) == [0, 5]
     assert scene_cuts(pan_scene(8, (64, 48)).frames) == [0]
+    fast = pan_scene(4, (96, 72), shift=(9, 3), square=20, square_shift=(0, 2))  # a tenth of the frame a step
+    assert scene_cuts(fast.frames) == [0]
     assert scene_cuts([]) == []
     # A cut between shots of one colour range: the flow fails, the histogram does not see it.
     shot = pan_scene(4, (64, 48)).frames
