@@ -20,7 +20,12 @@ or no frames, uses a codec this FFmpeg cannot decode, or whose frames stop decod
 the end its container announces (a truncated download, a corrupt packet) raises
 :class:`~rvgen.errors.ImageError` with one line naming the file, and nothing is written
 from it: a stylised clip shorter than its input, missing its end, is worse than none,
-and the fix (download it again) is the user's.
+and the fix (download it again) is the user's. Damage the decoder conceals itself (a few
+zeroed bytes in an H.264 frame) goes unnoticed, as it does in a player.
+
+Rotation is the display matrix FFmpeg hands out with each frame (``VideoFrame.rotation``,
+counter-clockwise degrees); the demuxer turns an old MP4 ``rotate`` tag into it, so a phone
+clip tagged ``rotate=90`` (turn clockwise) reports 270 here and is read upright either way.
 """
 
 from __future__ import annotations
