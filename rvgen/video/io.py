@@ -24,8 +24,9 @@ and the fix (download it again) is the user's. Damage the decoder conceals itsel
 zeroed bytes in an H.264 frame) goes unnoticed, as it does in a player.
 
 Rotation is the display matrix FFmpeg hands out with each frame (``VideoFrame.rotation``,
-counter-clockwise degrees); the demuxer turns an old MP4 ``rotate`` tag into it, so a phone
-clip tagged ``rotate=90`` (turn clockwise) reports 270 here and is read upright either way.
+counter-clockwise degrees). MP4 and MOV keep it in the track header's matrix, which older
+tools showed as a ``rotate`` tag: a portrait phone clip shown as ``rotate=90`` (turn
+clockwise) reports 270 here, and is read upright.
 """
 
 from __future__ import annotations
