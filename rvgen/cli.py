@@ -120,7 +120,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     from rvgen.batch.steps import remove_steps
     from rvgen.batch.summary import RunInfo, WorkerSpec
     from rvgen.imageio import FORMAT_NAMES
-    from rvgen.recipe import load_recipe
+    from rvgen.recipe import VIDEO_CODECS, load_recipe
 
     verbose = bool(ctx.find_root().params.get("verbose"))
     _warn_plugin_problems()
@@ -157,7 +157,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         if not quiet:
             console.print(f"no --input given: using scikit-image's sample photos ({input_spec})", highlight=False)
     plan = plan_jobs(input_spec, output, parsed.variations, parsed.output["format"],
-                     steps=parsed.output["save_every"] > 0)
+                     steps=parsed.output["save_every"] > 0, clip_format=VIDEO_CODECS[parsed.video["codec"]],
+                     gifs=parsed.video_table)
     if not plan.jobs:
         shown = ", ".join(plan.ignored[:3]) + (" ..." if len(plan.ignored) > 3 else "")
         ignored = f"; ignored: {shown}" if shown else ""
@@ -205,6 +206,12 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
             if not parsed.output["keep_steps"]:  # a killed run's step images, which it would have removed
                 remove_steps(jobs)
             todo, finished = (list(jobs), []) if force else split_finished(jobs, key)
+            if force:  # a clip's frames kept by an earlier run are redone too
+                from rvgen.batch.clip import clear_work
+
+                for job in todo:
+                    if job.clip:
+                        clear_work(job)
             busy = specs[: max(1, len(todo))]  # no worker without an image to make (one image: in this process)
             run_info = RunInfo(todo, len(finished), plan.ignored, busy, str(output))
             summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
@@ -341,7 +348,7 @@ def _print_plan(console: Console, plan, jobs, todo, finished, specs, output: Pat
 def _recipe_reference(registry) -> str:
     """The recipe key reference in Markdown, from the declared parameters (docs/recipes.md)."""
     from rvgen.params import REQUIRED, number
-    from rvgen.recipe import OPTIMIZER_PARAMS, OUTPUT_PARAMS, TERM_PARAMS
+    from rvgen.recipe import OPTIMIZER_PARAMS, OUTPUT_PARAMS, TERM_PARAMS, VIDEO_PARAMS
 
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
@@ -373,6 +380,8 @@ def _recipe_reference(registry) -> str:
         "overridden on the command line by its dotted path: `--set optimizer.iterations=50`.", "",
         "## `[optimizer]`", "", *table(OPTIMIZER_PARAMS),
         "## `[output]`", "", *table(OUTPUT_PARAMS),
+        "## `[video]`", "", "How clips (video files in `--input`) are made; see [video.md](video.md). With a `[video]`",
+        "table an animated GIF is a clip too.", "", *table(VIDEO_PARAMS),
         "## `[[terms]]`", "", "Extra objective terms, added to the task's own.", "", *table(TERM_PARAMS),
         "## Tasks: `[task]`", "", *entries("task", '### `name = "{name}"`'),
         "## Backbones: `[backbone]`", "", *entries("backbone", '### `name = "{name}"`'),
@@ -416,25 +425,32 @@ def plugins(as_json: bool, markdown: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=repr))
         return
     console = Console()
+
+    def params_table(params) -> Table:
+        table = Table(box=None, show_header=False, padding=(0, 1, 0, 3), expand=False)
+        table.add_column(style="green", no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column()
+        for p in params:
+            default = "required" if p.default is REQUIRED else ("-" if p.default is None else json.dumps(p.default))
+            choices = f"one of {', '.join(map(str, p.choices))}; " if p.choices else ""
+            table.add_row(p.name, f"= {default}", p.type_name, choices + p.help)
+        return table
+
     titles = {"task": "Tasks", "backbone": "Backbones", "loss": "Losses"}
     for kind in ("task", "backbone", "loss"):
         console.print(f"[bold underline]{titles[kind]}[/]")
         for entry in sorted(registry.entries[kind].values(), key=lambda e: e.name):
             console.print(f"\n[bold cyan]{entry.name}[/]  [dim]({escape(entry.source)})[/]", highlight=False)
             console.print(f"  {escape(entry.description)}", highlight=False)
-            if not entry.params:
-                continue
-            table = Table(box=None, show_header=False, padding=(0, 1, 0, 3), expand=False)
-            table.add_column(style="green", no_wrap=True)
-            table.add_column(no_wrap=True)
-            table.add_column(style="dim", no_wrap=True)
-            table.add_column()
-            for p in entry.params:
-                default = "required" if p.default is REQUIRED else ("-" if p.default is None else json.dumps(p.default))
-                choices = f"one of {', '.join(map(str, p.choices))}; " if p.choices else ""
-                table.add_row(p.name, f"= {default}", p.type_name, choices + p.help)
-            console.print(table)
+            if entry.params:
+                console.print(params_table(entry.params))
         console.print()
+    from rvgen.recipe import VIDEO_PARAMS
+
+    console.print("[bold underline]Clips: the recipe's \\[video] table[/]\n")
+    console.print(params_table(VIDEO_PARAMS))
 
 
 @cli.command()

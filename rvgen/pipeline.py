@@ -111,12 +111,13 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
 
 class Pipeline:
     """A recipe built on ``device``. ``references`` (name -> image tensor) skips reading the
-    task's reference images from disk (a Dask worker gets them sent)."""
+    task's reference images from disk (a Dask worker gets them sent). ``clips``: built for the
+    frames of clips, with the temporal term (:meth:`Recipe.build`)."""
 
     def __init__(self, recipe: Recipe, device: str = "cpu", registry: Registry | None = None,
-                 references: Mapping[str, torch.Tensor] | None = None):
+                 references: Mapping[str, torch.Tensor] | None = None, clips: bool = False):
         self.recipe = recipe
-        self.synth = recipe.build(device, registry)
+        self.synth = recipe.build(device, registry, clips)
         self.device = self.synth.device
         if references is None:
             references = load_references(recipe.references(registry))

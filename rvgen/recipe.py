@@ -20,7 +20,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from rvgen import imageio, stacked
-from rvgen.backbones import Backbone
+from rvgen.backbones import PIXELS, Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.lbfgs import TOLERANCE_WINDOW
+from rvgen.engine.objective import GUIDE
 from rvgen.engine.parametrize import PARAMETRIZATIONS
 from rvgen.engine.precision import LAYOUTS, PRECISIONS
 from rvgen.engine.synth import VARIATION_SEED_STRIDE
@@ -42,7 +43,7 @@ from rvgen.plugins import Registry, get_registry
 
 MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
 MAX_DEPTH = 32  # how deeply a recipe's tables and arrays may nest
-SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
+SECTIONS = ("description", "task", "backbone", "optimizer", "output", "video", "losses", "terms")
 MAX_UNBLENDED = 16  # reference images a term may blend when its loss cannot (each is then a term of its own)
 BLEND_MEAN = "blend: one term, the mean of the normalised targets"  # Recipe.made_as, since a blend is one term
 
@@ -92,6 +93,33 @@ OUTPUT_PARAMS = (
     Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them "
           "(and those a killed run left, when the next run starts)", result_neutral=True),
 )
+VIDEO_CODECS = {"libx264": "mp4", "libx265": "mp4", "libvpx-vp9": "webm"}
+"""The encoders a clip's result may use, and the container (the output's suffix) each goes in."""
+VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a recipe without [video] makes
+    Param("temporal_weight", float, 2000.0, "weight of the temporal loss: each frame stays near the previous result "
+          "warped by the input's optical flow, where the flow is reliable (0: frame by frame)", minimum=0.0,
+          digest_neutral=True),
+    Param("long_term", int, [1], "earlier frames each frame is held to, by offset: [1] the previous one; [1, 2, 4] "
+          "also those before, each pixel taking the nearest one that sees it reliably", minimum=1, maximum=64,
+          kind="counts", digest_neutral=True),
+    Param("passes", int, 1, "passes over the clip (only 1: multi-pass is not implemented)", minimum=1, maximum=1,
+          digest_neutral=True),
+    Param("first_frame_iterations", int, None, "iterations at the output size for the first frame of each shot "
+          "(default: the recipe's optimizer.iterations; the pyramid's coarser levels as the recipe says)",
+          minimum=1, maximum=MAX_ITERATIONS, nullable=True, digest_neutral=True),
+    Param("iterations", int, 30, "iterations for each later frame, at the output size only, starting from the "
+          "previous result warped", minimum=1, maximum=MAX_ITERATIONS, digest_neutral=True),
+    Param("frames", str, None, "which frames to make, a Python-style range START:STOP (\"0:48\"; default: all)",
+          nullable=True, digest_neutral=True),
+    Param("fps", float, None, "resample the clip to this frame rate (default: keep the input's timestamps)",
+          minimum=0.1, maximum=1000.0, nullable=True, digest_neutral=True),
+    Param("codec", str, "libx264", "encoder of the result: libx264 (H.264 in .mp4), libx265 (HEVC in .mp4), "
+          "libvpx-vp9 (VP9 in .webm)", choices=tuple(VIDEO_CODECS), digest_neutral=True),
+    Param("crf", int, 18, "the encoder's constant rate factor: lower is better and larger", minimum=0, maximum=63,
+          digest_neutral=True),
+    Param("keep_frames", bool, False, "also write every result frame as PNG in NAME.frames/ beside the clip",
+          result_neutral=True),
+)
 TERM_PARAMS = (
     Param("loss", str, REQUIRED, "the loss plugin", kind="loss"),
     Param("layers", list, REQUIRED, "layers it compares", kind="layers"),
@@ -129,6 +157,10 @@ class Recipe:
     made_as: tuple[str, ...] = ()
     """How results are made where that changed for the same resolved recipe (a blend of style
     images as one term, :data:`BLEND_MEAN`); part of the digest, so those results are redone."""
+    video: Mapping[str, Any] = field(default_factory=lambda: {p.name: p.default for p in VIDEO_PARAMS})
+    """How clips are made (the ``[video]`` table, defaults filled in)."""
+    video_table: bool = False
+    """Whether the recipe has a ``[video]`` table: an animated GIF is then a clip, not an image."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, paths absolute)."""
@@ -138,6 +170,7 @@ class Recipe:
             "backbone": self.backbone,
             "optimizer": {**asdict(self.optimizer), **asdict(self.execution), **asdict(self.pyramid)},
             "output": self.output,
+            "video": dict(self.video),
             "losses": self.losses,
             "terms": [asdict(t) for t in self.terms],
         }
@@ -185,13 +218,17 @@ class Recipe:
                         found.append((f"{section}.{p.name}", str(path)))
         return found
 
-    def build(self, device: str = "cpu", registry: Registry | None = None) -> Synthesizer:
+    def build(self, device: str = "cpu", registry: Registry | None = None, clips: bool = False) -> Synthesizer:
         """The engine's :class:`~rvgen.engine.Synthesizer` for this recipe on ``device``: the task,
         the losses, the backbone (built to the deepest layer used, stacked if asked) and the
-        objective over them. References are not loaded here (see ``set_references``)."""
+        objective over them. References are not loaded here (see ``set_references``).
+        ``clips``: for the frames of clips, with the temporal term (``video.temporal_weight``)
+        on the pixels, whose target is each frame's guide (the previous result, warped)."""
         registry = registry or get_registry()
         task = self.build_task(registry)
         terms = expand_blends(task.terms(), registry) + list(self.terms)
+        if clips and self.video["temporal_weight"] > 0:
+            terms.append(Term("temporal", "temporal", (PIXELS,), self.video["temporal_weight"], GUIDE))
         losses = [registry.get("loss", t.loss, "loss").cls(**self.losses.get(t.loss, {})) for t in terms]
         layers = {layer for t in terms for layer in t.layers}
         backbone_cls = registry.get("backbone", self.backbone["name"], "backbone.name").cls
@@ -213,6 +250,8 @@ class Recipe:
             for part in path:
                 table = table.get(part, {})
             table.pop(name, None)
+        if not data.get("video"):  # [video] at its defaults changes no digest
+            data.pop("video", None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -272,7 +311,7 @@ def recipe_toml(resolved: Mapping[str, Any]) -> str:
     Keys left unset (``None``, the default of every nullable key) are left out, so the text
     loads (:func:`parse_recipe`) into a recipe with the same digest."""
     lines = [f"description = {_toml_value(resolved['description'])}"] if resolved.get("description") else []
-    for section in ("task", "backbone", "optimizer", "output"):
+    for section in ("task", "backbone", "optimizer", "output", "video"):
         if resolved.get(section):
             lines += ["", f"[{section}]", *_toml_table(resolved[section])]
     for name, options in (resolved.get("losses") or {}).items():
@@ -395,6 +434,8 @@ def parse_recipe(
 
     optimizer = validate("optimizer", _table(data, "optimizer"), OPTIMIZER_PARAMS, ctx)
     output = validate("output", _table(data, "output"), OUTPUT_PARAMS, ctx)
+    video = validate("video", _table(data, "video"), VIDEO_PARAMS, ctx)
+    video["frames"] = video["frames"] if video["frames"] is None else _frame_range(video["frames"])
     description = data.get("description", "")
     if not isinstance(description, str):
         raise RecipeError("description: expected a string")
@@ -404,7 +445,7 @@ def parse_recipe(
         _check_tileable([*task_terms, *terms], backbone, backbone_name, registry)
     neutral = neutral_defaults("task", task_opts, task_cls.params) | neutral_defaults(
         "backbone", backbone_opts, backbone.params
-    ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS)
+    ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS) | neutral_defaults("video", video, VIDEO_PARAMS)
     for loss_name, opts in losses.items():
         neutral |= neutral_defaults(f"losses.{loss_name}", opts, registry.get("loss", loss_name, "loss").cls.params)
     recipe = Recipe(
@@ -421,6 +462,8 @@ def parse_recipe(
         description=description,
         variations=task.variations(),
         neutral_defaults=frozenset(neutral),
+        video=video,
+        video_table="video" in data,
         made_as=(BLEND_MEAN,) if any(t.blend and registry.get("loss", t.loss, "loss").cls.blendable
                                      for t in task_terms) else (),
     )
@@ -433,6 +476,25 @@ def parse_recipe(
             raise RecipeError(f"task.{name}: the image would be {long_side} px on its long side, more than "
                               f"{MAX_SIZE}; ask for a smaller one")
     return recipe
+
+
+def _frame_range(text: str) -> str:
+    """``video.frames`` checked: ``START:STOP`` (either may be left out), 0 <= START < STOP;
+    returned as written, normalised (``"0:48"``)."""
+    match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    start, stop = (match[1], match[2]) if match else (None, None)
+    if match is None or (stop and int(stop) <= int(start or 0)):
+        raise RecipeError(f"video.frames: expected START:STOP with START < STOP (frames from 0), e.g. \"0:48\", "
+                          f"got {text!r}")
+    return f"{int(start or 0)}:{stop}"
+
+
+def frame_range(text: str | None) -> range | None:
+    """``video.frames`` as a range (``"10:"``: from frame 10 to the end, as far as 2**31)."""
+    if text is None:
+        return None
+    start, stop = text.split(":")
+    return range(int(start), int(stop) if stop else 2**31)
 
 
 def neutral_defaults(section: str, values: Mapping[str, Any], params: Sequence[Param]) -> set[str]:

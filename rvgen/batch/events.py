@@ -43,7 +43,8 @@ class ImageStarted:
 class Step:
     """An image's progress: ``iteration`` of ``iterations`` counted over all pyramid levels,
     and where that is (``level``: which level, its size, the iteration there; None for one
-    level)."""
+    level). A clip's also says which frame: ``frames`` (frames done, of how many) and
+    ``eta`` (seconds left for the clip, once a frame was made)."""
 
     worker: str
     job: Job
@@ -51,14 +52,34 @@ class Step:
     iterations: int
     loss: float
     level: Level | None = None
+    frames: tuple[int, int] | None = None
+    eta: float | None = None
 
     @property
     def stage(self) -> str:
-        """'level 2/3, 192 px: iteration 40/50', or 'iteration 40/300' for a single scale."""
+        """'level 2/3, 192 px: iteration 40/50', or 'iteration 40/300' for a single scale;
+        a clip's is preceded by 'frame 12/48, ETA 2m10s: '."""
         level = self.level
         if level is None or level.count <= 1:
-            return f"iteration {self.iteration}/{self.iterations}"
-        return f"level {level.index}/{level.count}, {level.side} px: iteration {level.iteration}/{level.iterations}"
+            stage = f"iteration {self.iteration}/{self.iterations}"
+        else:
+            stage = f"level {level.index}/{level.count}, {level.side} px: iteration {level.iteration}/{level.iterations}"
+        if self.frames is None:
+            return stage
+        eta = "" if self.eta is None else f", ETA {duration(self.eta)}"
+        return f"frame {self.frames[0] + 1}/{self.frames[1]}{eta}: {stage}"
+
+
+def duration(seconds: float) -> str:
+    """'45s', '2m10s', '1h05m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 @dataclass(frozen=True)

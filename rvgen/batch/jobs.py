@@ -6,6 +6,11 @@ the output folder, so ``photos/2024/a.jpg`` becomes ``out/2024/a.png``. Inputs w
 would share a name keep their extension in it (``a.jpg.png``, ``a.png.png``); names are
 compared ignoring case, so a folder makes the same outputs on every file system.
 
+A video file (:func:`rvgen.video.io.is_video_file`; an animated GIF too when the recipe has a
+``[video]`` table) is one job, a *clip*, whose result is a video: ``clips/a.mov`` becomes
+``out/clips/a.mp4``, the suffix the container of ``video.codec`` (``a.mov`` and ``a.mp4`` in
+one folder: ``a.mov.mp4`` and ``a.mp4.mp4``).
+
 The plan never loses data: no output (nor, with ``output.save_every``, a step image) is an
 input, no two jobs share an output, every output lies inside the output folder once links
 are followed, and every name fits the output's file system; a plan that would break one
@@ -27,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from rvgen.errors import UsageError
 from rvgen.imageio import SAMPLE_PREFIX, is_image_file, is_sample
+from rvgen.video.io import is_video_file
 
 DEFAULT_SAMPLES = "skimage:astronaut,chelsea,coffee"
 STEP_NAME = re.compile(r"(.+)\.iter\d+(\.[^./]+)", re.DOTALL)  # what Job.step makes: (stem, suffix)
@@ -38,6 +44,7 @@ class Job:
     rel: str  # the input's name relative to --input, shown to users
     output: Path
     variation: int = 0
+    clip: bool = False  # a video: frames in, a video out (rvgen.batch.clip)
 
     @property
     def sidecar(self) -> Path:
@@ -113,7 +120,7 @@ def find_inputs(spec: str, exclude: Path | None = None) -> tuple[list[tuple[str,
                     folders.append((entry.path, rel + "/"))
             elif not _is(entry.is_file):
                 ignored.append((rel, _not_a_file(Path(entry.path))))
-            elif not is_image_file(Path(entry.name)):
+            elif not (is_image_file(Path(entry.name)) or is_video_file(Path(entry.name))):
                 ignored.append((rel, "not an image format"))
             elif excluded is not None and entry.is_symlink() and Path(entry.path).resolve().is_relative_to(excluded):
                 ignored.append((rel, "a link into the output folder"))
@@ -139,7 +146,7 @@ def _name(rel: str, keep_extension: bool, variation: int, variations: int, fmt: 
     return f"{base}{suffix}.{fmt}"
 
 
-def _output_names(rels: list[str], variations: int, fmt: str) -> list[list[str]]:
+def _output_names(rels: list[str], variations: int, fmts: list[str]) -> list[list[str]]:
     """Each input's output names (one per variation, ``2024/a.png``) under the output folder:
     the name without the input's extension, or with it for inputs whose outputs would otherwise
     share a name (compared ignoring case) or whose output is named like another output's step
@@ -147,7 +154,8 @@ def _output_names(rels: list[str], variations: int, fmt: str) -> list[list[str]]
     whose names differ only in case can still clash: that is refused."""
     keep: set[int] = set()
     while True:
-        names = [[_name(rel, i in keep, v, variations, fmt) for v in range(variations)] for i, rel in enumerate(rels)]
+        names = [[_name(rel, i in keep, v, variations, fmts[i]) for v in range(variations)]
+                 for i, rel in enumerate(rels)]
         owners: dict[str, dict[int, str]] = defaultdict(dict)
         for i, outputs in enumerate(names):
             for name in outputs:
@@ -261,15 +269,36 @@ def _check_outputs(jobs: list[Job], output_dir: Path, steps: bool = False) -> No
                              "input: choose an --output apart from the inputs")
 
 
-def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png", steps: bool = False) -> Plan:
+def is_clip(source: str, gifs: bool = False) -> bool:
+    """Whether an input is a clip: a video file, or (``gifs``) a GIF of more than one frame."""
+    if is_sample(source):
+        return False
+    if is_video_file(Path(source)):
+        return True
+    if not gifs or Path(source).suffix.lower() != ".gif":
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(source) as img:
+            return getattr(img, "n_frames", 1) > 1
+    except (OSError, ValueError):
+        return False  # the image job says what is wrong with it
+
+
+def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str = "png", steps: bool = False,
+              clip_format: str = "mp4", gifs: bool = False) -> Plan:
     """The jobs for ``input_spec`` into ``output_dir``; raises :class:`~rvgen.errors.UsageError`
     for a plan that would lose data or could not write a job's files (see the module's
-    docstring). ``steps``: the jobs also write step images (``output.save_every``)."""
+    docstring). ``steps``: the jobs also write step images (``output.save_every``).
+    ``clip_format``: the suffix of clips' results; ``gifs``: animated GIFs are clips."""
     inputs, ignored = find_inputs(input_spec, exclude=output_dir)
-    names = _output_names([str(rel) for _, rel in inputs], variations, fmt)
+    clips = [is_clip(source, gifs) for source, _ in inputs]
+    names = _output_names([str(rel) for _, rel in inputs], variations,
+                          [clip_format if clip else fmt for clip in clips])
     jobs = [
-        Job(source=source, rel=str(rel), output=output_dir / name, variation=v)
-        for (source, rel), outputs in zip(inputs, names)
+        Job(source=source, rel=str(rel), output=output_dir / name, variation=v, clip=clip)
+        for (source, rel), outputs, clip in zip(inputs, names, clips)
         for v, name in enumerate(outputs)
     ]
     _check_outputs(jobs, output_dir, steps)

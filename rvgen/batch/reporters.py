@@ -35,6 +35,7 @@ from rvgen.batch.events import (
     Step,
     WorkerFailed,
     WorkerReady,
+    duration,
 )
 from rvgen.batch.summary import RunInfo, Summary
 from rvgen.errors import UsageError
@@ -61,17 +62,6 @@ def shown(text: Any) -> str:
         else:
             out.append(c)
     return "".join(out)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def summary_line(summary: Summary) -> str:

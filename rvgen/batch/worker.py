@@ -4,7 +4,8 @@ The backbone, the losses and the recipe's fixed targets (the style image's Grams
 once) live as long as the worker. A CPU worker runs with the torch threads its spec gives
 (:func:`rvgen.batch.runner.worker_specs`), the same for every worker, since a CPU result
 depends on them. For each job the worker loads the input, optimises, and
-writes the result and its sidecar atomically; everything it has to say goes out as
+writes the result and its sidecar atomically (a clip, frame by frame, through
+:class:`~rvgen.batch.clip.ClipMaker`); everything it has to say goes out as
 :mod:`rvgen.batch.events` through ``emit``. One image failing is an :class:`ImageFailed`
 event, never the end of the worker. The same class runs in the parent process and in worker
 processes (:mod:`rvgen.batch.local`); a Dask task (:mod:`rvgen.batch.remote`) shares its
@@ -20,6 +21,7 @@ from itertools import islice
 
 import torch
 
+from rvgen.batch.clip import ClipMaker
 from rvgen.batch.events import (
     Event,
     ImageAbandoned,
@@ -100,7 +102,9 @@ class Worker:
             torch.set_num_threads(threads)  # for this process: one worker per process
         # What a CPU result depends on besides the recipe (recorded in its sidecar); None elsewhere.
         self.threads = torch.get_num_threads() if device == "cpu" else None
+        self.registry = registry
         self.pipeline = Pipeline(recipe, device, registry)
+        self.clips: ClipMaker | None = None  # built for the first clip job
         self.steps: dict[Job, list] = {}  # the step images written of each job (output.save_every)
 
     def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
@@ -168,10 +172,34 @@ class Worker:
         else:
             self._finish(job, result)
 
+    def make_clip(self, job: Job) -> None:
+        """A clip job, frame by frame (:class:`~rvgen.batch.clip.ClipMaker`), its video and
+        sidecar written at the end; failures become events, a stop propagates (the frames
+        made so far are kept for the next run)."""
+        self.emit(ImageStarted(self.name, job))
+        try:
+            if self.clips is None:
+                self.clips = ClipMaker(Pipeline(self.recipe, self.device, self.registry, clips=True), self.key,
+                                       self.name, self.device, self.threads, self.emit, self.should_stop)
+            result = self.clips.make(job)
+        except (Stopped, KeyboardInterrupt):
+            self.emit(ImageAbandoned(self.name, job))
+            raise
+        except Exception as exc:  # one bad clip never stops the others
+            self._fail(job, exc)
+        else:
+            self.emit(done(self.name, job, result, self.keep_images))
+
     def make_batch(self, jobs: Sequence[Job]) -> None:
         """Several jobs optimised together (grouped by size, split further if memory runs out).
         An image that fails alone is recorded alone; if a batch fails as a whole for another
-        reason, its images are made one by one so the error lands on the image causing it."""
+        reason, its images are made one by one so the error lands on the image causing it.
+        Clips are made one by one, each frame after the one before."""
+        for job in [job for job in jobs if job.clip]:
+            self.make_clip(job)
+        jobs = [job for job in jobs if not job.clip]
+        if not jobs:
+            return
         if len(jobs) == 1:
             return self.make(jobs[0])
         ready, contents = [], []

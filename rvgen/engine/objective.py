@@ -25,6 +25,12 @@ from torch import nn
 
 from rvgen.engine.tiling import TilePlan
 
+GUIDE = "guide"
+"""The target name of a per-image pixel guide set with each batch (:meth:`Synthesizer.run_batch`'s
+``guides``): a (B, 4, H, W) image, RGB and a weight per pixel in [0, 1], for a loss on the
+``pixels`` layer (the ``temporal`` loss of video frames: stay near the previous result, warped,
+where it is reliable). A batch given no guides gets weight 0 everywhere: the term is then 0."""
+
 
 @dataclass(frozen=True)
 class Term:
@@ -78,7 +84,7 @@ class Objective(nn.Module):
         self._subset: tuple | None = None  # the last subset's rows, targets and weights
         self.tile_size: int | None = None  # evaluate tile by tile (see rvgen.engine.tiling) when set
         self.halo: int | None = None  # None: the backbone's full halo (exact)
-        self.per_image: set[str] = {"input"}
+        self.per_image: set[str] = {"input", GUIDE}
         """Targets set with one image per image being optimised (the inputs; references a task
         adapts to each input); the others are shared by the whole batch."""
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from rvgen.engine import memory, precision
-from rvgen.engine.objective import Objective
+from rvgen.engine.objective import GUIDE, Objective
 from rvgen.engine.optimize import BatchCallback, Level, OptimizerConfig, Progress, Result, optimize_batch
 from rvgen.engine.precision import ExecutionConfig
 from rvgen.engine.pyramid import PyramidConfig, resize, scaled
@@ -100,7 +100,7 @@ class Synthesizer:
     @property
     def reference_names(self) -> set[str]:
         """The fixed images the objective compares with besides the inputs (``style``)."""
-        return self.objective.target_names - {"input"}
+        return self.objective.target_names - {"input", GUIDE}
 
     def set_references(self, images: Mapping[str, torch.Tensor]) -> None:
         """Compute the targets of the fixed reference images (the style's Grams), once per run."""
@@ -111,7 +111,7 @@ class Synthesizer:
         self._references = {k: v.to(self.device) for k, v in images.items()
                             if k in self.reference_names and k not in adapted}
         self._adapted = {k: v.to(self.device) for k, v in images.items() if k in adapted}
-        self.objective.per_image = {"input", *adapted}
+        self.objective.per_image = {"input", GUIDE, *adapted}
         self._reference_targets = {}
         self._use_references(1.0)
 
@@ -206,9 +206,18 @@ class Synthesizer:
         contents: Sequence[torch.Tensor],
         variations: Sequence[int] | None = None,
         callback: BatchCallback | None = None,
+        starts: Sequence[torch.Tensor] | None = None,
+        guides: Sequence[torch.Tensor] | None = None,
+        iterations: int | None = None,
     ) -> list[Result | RvgenError]:
         """Make one result per content (each (1, 3, H, W) in [0, 1], all the same size, already
-        at the output size), optimised together. Returns, in order, a :class:`Result` or the
+        at the output size), optimised together.
+        ``starts`` (one (1, 3, H, W) image per content, at the canvas size) replaces the task's
+        starting image and the pyramid: the images are optimised at the output size only, for
+        ``iterations`` (default: the optimiser's), from there (a video frame from the previous
+        result, warped). ``guides`` (one (1, 4, H, W) per content: RGB and a weight per pixel)
+        are the targets of terms on :data:`~rvgen.engine.objective.GUIDE`; without them those
+        terms weigh nothing. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
         Each result's ``seconds`` is the whole batch's time (its images were made together);
@@ -229,8 +238,12 @@ class Synthesizer:
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
-        factors = self.pyramid.levels(canvas, self.min_side)
-        budgets = self.pyramid.budgets(len(factors), self.optimizer.iterations)
+        if starts is not None:
+            factors, budgets = [1.0], [iterations or self.optimizer.iterations]
+        else:
+            factors = self.pyramid.levels(canvas, self.min_side)
+            budgets = self.pyramid.budgets(len(factors), iterations or self.optimizer.iterations)
+        guide = self._guides(guides, content.shape[0], canvas)
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
         totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
@@ -247,10 +260,15 @@ class Synthesizer:
                                             for k, v in adapted.items()})
             if "input" in self.objective.target_names:
                 self.objective.set_targets({"input": level_content})
+            if guide is not None:
+                self.objective.set_targets({GUIDE: resize(guide, shape)})
             start = self._start(level_content, variations, shape)
             self.objective.reset_weights()
             self.objective.auto_weight(start)
-            x0 = start if x is None else self._upsample(x, start, shape)
+            if starts is not None:
+                x0 = torch.cat([s.to(self.device, torch.float32) for s in starts])
+            else:
+                x0 = start if x is None else self._upsample(x, start, shape)
             offset = sum(budgets[:level])
             report, snapshot_at = None, None
             if callback is not None:
@@ -285,6 +303,17 @@ class Synthesizer:
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
+
+    def _guides(self, guides: Sequence[torch.Tensor] | None, count: int, canvas: tuple[int, int]) -> torch.Tensor | None:
+        """The batch's guide images at the canvas size (weight 0 everywhere where none were
+        given), or None when no term compares with a guide."""
+        if GUIDE not in self.objective.target_names:
+            return None
+        if guides is None:
+            return torch.zeros(count, 4, *canvas, device=self.device)
+        if len(guides) != count:
+            raise ValueError("one guide per content")
+        return torch.cat([g.to(self.device, torch.float32) for g in guides])
 
     def _upsample(self, x: torch.Tensor, start: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """A coarser level's result ``x`` as the start of the level of ``shape``: upsampled and,

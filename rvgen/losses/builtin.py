@@ -1,4 +1,5 @@
-"""Built-in losses: content (feature maps), gram (Gatys style statistics), tv (smoothness).
+"""Built-in losses: content (feature maps), gram (Gatys style statistics), tv (smoothness),
+temporal (a video frame near the previous result, warped).
 
 All three are batched: every statistic (the scale of a target, the norm of its Gram) is
 taken per image, so an image's loss does not depend on which images share its batch. All
@@ -120,8 +121,41 @@ class TotalVariationLoss(Loss):
         return statistic
 
 
+class TemporalLoss(Loss):
+    """Ruder et al.'s short-term temporal loss on the pixels: the weighted mean squared
+    difference between the image and its guide (the previous frame's result warped into this
+    frame), weighted by each pixel's reliability. The target is the guide image itself, RGB
+    and weight (B, 4, H, W), a fixed target: nothing flows back through the warp."""
+
+    name = "temporal"
+    description = ("video frames: squared difference to the previous result warped by the optical flow, where the "
+                   "flow is reliable (Ruder et al.); use on the pixels layer, target guide")
+    batched = True
+    tiled = True
+
+    def prepare(self, features: torch.Tensor) -> Any:
+        guide = widen(features.detach())
+        return guide[:, :3], guide[:, 3:4].clamp(0, 1)
+
+    def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
+        image, weight = target
+        return (weight * (widen(features) - image).pow(2)).flatten(1).mean(1)
+
+    def statistic(self, features: torch.Tensor, target: Any, window: Window) -> torch.Tensor:
+        image, weight = target
+        f = widen(interior(features, window))
+        rows = slice(window.top, window.top + f.shape[-2])
+        cols = slice(window.left, window.left + f.shape[-1])
+        diff = weight[..., rows, cols] * (f - image[..., rows, cols]).pow(2)
+        return diff.flatten(1).sum(1) / (f.shape[1] * window.height * window.width)
+
+    def finish(self, statistic: torch.Tensor, target: Any) -> torch.Tensor:
+        return statistic
+
+
 @hookimpl
 def register_losses(register):
     register(ContentLoss)
     register(GramLoss)
     register(TotalVariationLoss)
+    register(TemporalLoss)
