@@ -96,7 +96,7 @@ OUTPUT_PARAMS = (
 VIDEO_CODECS = {"libx264": "mp4", "libx265": "mp4", "libvpx-vp9": "webm"}
 """The encoders a clip's result may use, and the container (the output's suffix) each goes in."""
 VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a recipe without [video] makes
-    Param("temporal_weight", float, 2000.0, "weight of the temporal loss: each frame stays near the previous result "
+    Param("temporal_weight", float, 200.0, "weight of the temporal loss: each frame stays near the previous result "
           "warped by the input's optical flow, where the flow is reliable (0: frame by frame)", minimum=0.0,
           digest_neutral=True),
     Param("long_term", int, [1], "earlier frames each frame is held to, by offset: [1] the previous one; [1, 2, 4] "
@@ -107,7 +107,7 @@ VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a re
     Param("first_frame_iterations", int, None, "iterations at the output size for the first frame of each shot "
           "(default: the recipe's optimizer.iterations; the pyramid's coarser levels as the recipe says)",
           minimum=1, maximum=MAX_ITERATIONS, nullable=True, digest_neutral=True),
-    Param("iterations", int, 30, "iterations for each later frame, at the output size only, starting from the "
+    Param("iterations", int, 10, "iterations for each later frame, at the output size only, starting from the "
           "previous result warped", minimum=1, maximum=MAX_ITERATIONS, digest_neutral=True),
     Param("frames", str, None, "which frames to make, a Python-style range START:STOP (\"0:48\"; default: all)",
           nullable=True, digest_neutral=True),

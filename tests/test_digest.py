@@ -23,6 +23,7 @@ PINNED = {  # the style recipes changed on purpose with their schedules (CHANGEL
     "scream.toml": "d5253f8208d031a2",
     "starry_night.toml": "c9134420ef6c6e12",
     "texture.toml": "9274eb5645fe72fe",
+    "video.toml": "233fede75707e38d",
 }
 
 

@@ -136,6 +136,7 @@ RESOLVED = {  # a resolved recipe (Recipe.to_dict); parse_recipe checks every ke
     "output?": dict,
     "losses?": Map(dict),
     "terms?": List(dict),
+    "video?": dict,
 }
 LOSS = {"initial?": NUMBER, "final?": NUMBER, "terms?": Map(NUMBER)}
 HISTORY = List(List(NUMBER, 2))
@@ -155,6 +156,10 @@ SIDECAR = {
     "precision?": str,
     "layout?": str,
     "versions?": Map(str),
+    "clip?": {  # a clip's (rvgen.batch.clip)
+        "frames": int, "shots?": List(int), "fps?": NUMBER, "duration?": NUMBER, "made?": int,
+        "flicker?": {"result": NUMBER, "input": NUMBER, "ratio?": Opt(NUMBER), "frames?": List(List(NUMBER, 3))},
+    },
 }
 PROVENANCE = {  # what an image carries (sidecar.provenance): a sidecar without the input's path
     **{name: spec for name, spec in SIDECAR.items() if name not in ("input", "variation", "recipe")},

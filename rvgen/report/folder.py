@@ -14,6 +14,7 @@ from rvgen.batch.schema import Invalid
 from rvgen.batch.sidecar import load_sidecar
 from rvgen.imageio import is_image_file
 from rvgen.report.record import FolderRecord, output_name
+from rvgen.video.io import is_video_file
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ class Made:
             except (TypeError, ValueError, IndexError, OverflowError):  # an infinite iteration
                 continue
         return points
+
+    @property
+    def clip(self) -> dict[str, Any] | None:
+        """A clip's figures (frames, shots, flicker), or None for an image."""
+        clip = self.data.get("clip")
+        return clip if isinstance(clip, dict) else None
 
     @property
     def loss(self) -> float | None:
@@ -146,7 +153,7 @@ def _sidecars(folder: Path, skipped: list[str]) -> Iterator[tuple[Path, dict[str
         if any(part.startswith(".") for part in rel.parts):
             continue
         image = path.with_name(path.name[: -len(".json")])
-        if not is_image_file(image) or not image.is_file():
+        if not (is_image_file(image) or is_video_file(image)) or not image.is_file():
             continue
         try:
             data = load_sidecar(path)

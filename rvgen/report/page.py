@@ -5,7 +5,9 @@ per recipe its resolved TOML, its reference images and a grid of cards, one per 
 input beside its results (the variations together), each with its loss curve (an inline SVG
 polyline of the sidecar's history), iterations, time, device and recipe digest. Images are
 thumbnails (:mod:`rvgen.report.thumbs`) linking to the full files by relative paths, so the
-page opens from the disk, and the print style lays the cards out on paper.
+page opens from the disk, and the print style lays the cards out on paper. A clip plays
+(HTML5 ``<video>``) beside its input, with its flicker: the temporal warping error of each
+frame, the result's against the input's, as an inline SVG.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rvgen.batch.reporters import duration
 from rvgen.recipe import recipe_toml
 from rvgen.report.folder import Folder, Made, RecipeGroup
 from rvgen.report.thumbs import Thumbnails
+from rvgen.video.io import is_video_file
 
 CURVE_WIDTH, CURVE_HEIGHT = 160, 40
 REFERENCES_SHOWN = 12  # reference images a recipe shows (a style folder may hold hundreds)
@@ -66,6 +69,9 @@ figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: anywhere; }
 svg.curve { display: block; width: 160px; height: 40px; margin: 4px 0 2px; background: var(--card);
             border-radius: 4px; }
 svg.curve polyline { fill: none; stroke: #0b57d0; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
+figure video { display: block; width: 160px; height: 160px; object-fit: contain; background: var(--card);
+               border-radius: 6px; }
+svg.curve polyline.input { stroke: #b0b0b8; stroke-dasharray: 3 2; }
 dl.facts { display: grid; grid-template-columns: auto 1fr; gap: 0 8px; margin: 2px 0 0; font-size: 12px; }
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; }
@@ -124,6 +130,33 @@ def curve(history: Sequence[tuple[int, float]]) -> str:
             f'over {history[-1][0]} iterations (log scale)</title><polyline points="{coords}"/></svg>')
 
 
+def flicker_curve(frames: Sequence[Sequence[float]]) -> str:
+    """The temporal warping error per frame as an inline SVG: the result's (solid) over the
+    input's (dashed), one linear scale from 0; '' with fewer than two frames."""
+    points = [(float(i), float(r), float(s)) for i, r, s in frames
+              if all(math.isfinite(float(v)) for v in (i, r, s))]
+    if len(points) < 2:
+        return ""
+    x0, x1 = points[0][0], points[-1][0]
+    top = max(max(r, s) for _, r, s in points) or 1.0
+    sx, sy = (CURVE_WIDTH - 4) / ((x1 - x0) or 1), (CURVE_HEIGHT - 6) / top
+
+    def line(k: int, cls: str) -> str:
+        coords = " ".join(f"{2 + (p[0] - x0) * sx:.1f},{CURVE_HEIGHT - 3 - p[k] * sy:.1f}" for p in points)
+        return f'<polyline class="{cls}" points="{coords}"/>'
+
+    return (f'<svg class="curve flicker" viewBox="0 0 {CURVE_WIDTH} {CURVE_HEIGHT}" preserveAspectRatio="none" '
+            f'role="img" aria-label="flicker per frame"><title>temporal warping error per frame, frames '
+            f'{int(x0)} to {int(x1)}: result (solid) and input (dashed)</title>{line(2, "input")}{line(1, "result")}'
+            "</svg>")
+
+
+def video(page_folder: Path, source: str | Path, label: str) -> str:
+    """A clip playing on the page (muted, looping, with controls); its caption links to the file."""
+    return (f'<video src="{link(page_folder, source)}" controls muted loop playsinline preload="metadata" '
+            f'aria-label="{escape(label, quote=True)}"></video>')
+
+
 def thumbnail(thumbs: Thumbnails, page_folder: Path, source: str, label: str) -> str:
     """An image's thumbnail, linking to the full image when it is a file."""
     thumb = thumbs.of(source)
@@ -140,17 +173,26 @@ class PageWriter:
         self.folder, self.thumbs, self.at = folder, thumbs, page_folder
 
     def image(self, source: str, label: str) -> str:
+        if not imageio.is_sample(source) and is_video_file(Path(source)):
+            return video(self.at, source, label)
         return thumbnail(self.thumbs, self.at, source, label)
 
     def result(self, made: Made) -> str:
         facts = [("loss", f"{made.loss:.4g}" if made.loss is not None else "-"),
                  ("iterations", str(made.iterations)), ("time", f"{made.seconds:.1f} s"),
                  ("device", made.device), ("recipe", f"<code>{escape(made.digest[:8])}</code>")]
+        clip = made.clip
+        flicker = clip.get("flicker") if clip else None
+        if clip:
+            facts[1:1] = [("frames", f"{clip.get('frames', '?')} in {len(clip.get('shots') or [0])} shot(s)")]
+        if isinstance(flicker, dict):
+            facts[1:1] = [("flicker", f"{flicker.get('result', 0):.2e} (input {flicker.get('input', 0):.2e})")]
         rows = "".join(f"<dt>{name}</dt><dd>{value if name == 'recipe' else escape(value)}</dd>"
                        for name, value in facts)
+        plot = flicker_curve(flicker.get("frames") or []) if isinstance(flicker, dict) else curve(made.history)
         return (f'<figure class="result">{self.image(str(made.path), made.name)}'
                 f'<figcaption><a href="{link(self.at, made.path)}">{escape(made.name)}</a>'
-                f'{curve(made.history)}<dl class="facts">{rows}</dl></figcaption></figure>')
+                f'{plot}<dl class="facts">{rows}</dl></figcaption></figure>')
 
     def group(self, group: RecipeGroup) -> str:
         description = group.resolved.get("description") or ""

@@ -1,0 +1,108 @@
+"""Flicker against style: a clip painted frame by frame versus with the temporal term.
+
+Makes the tests' test clip (tests/videos.py: a photo panning with a textured square moving
+across it, the true flow known), runs ``rvgen run`` on it with a recipe twice, with
+``video.temporal_weight = 0`` (every frame painted on its own, as an image) and with the
+recipe's own ``[video]`` settings, and prints for each:
+
+- the temporal warping error of the result (the sidecar's ``clip.flicker.result``: the mean
+  squared difference of each frame to the previous one warped by the input's optical flow,
+  over the pixels the flow follows reliably) and the input clip's own;
+- the mean Gram distance of the frames to the painting on an independent network
+  (:func:`rvgen.metrics.gram_distance`, lower is closer);
+- the CPU time (user + system) per frame of the run.
+
+and the ratios default / frame-by-frame. The issue's bar: warping error at most 1/3, Gram
+distance at most 15% higher.
+
+    python benchmarks/video.py                                  # recipes/video.toml, 128 px, 12 frames
+    python benchmarks/video.py --size 96 --frames 8 --set video.temporal_weight=500
+    python benchmarks/video.py --seconds 2 --size 256           # time a 2-second clip end to end
+
+Run it alone: it takes minutes, on one torch thread (--threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+from videos import make_clip  # noqa: E402
+
+from rvgen import imageio, metrics  # noqa: E402
+from rvgen.recipe import load_recipe  # noqa: E402
+from rvgen.shipped import resolve as resolve_recipe  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(recipe: str, clip: Path, out: Path, overrides: list[str], threads: int) -> dict:
+    """One ``rvgen run`` of the clip: its sidecar's figures, the frames' Gram distance and the
+    CPU time per frame."""
+    command = [sys.executable, "-m", "rvgen", "run", recipe, "--input", str(clip), "--output", str(out),
+               "--workers", "1", "--threads", str(threads), "--no-report", "--quiet",
+               "--set", "video.keep_frames=true", *[item for o in overrides for item in ("--set", o)]]
+    before, began = cpu_seconds(), time.perf_counter()
+    subprocess.run(command, check=True)
+    cpu, wall = cpu_seconds() - before, time.perf_counter() - began
+    data = json.loads((out / (clip.stem + ".mp4.json")).read_text())
+    parsed = load_recipe(resolve_recipe(recipe), overrides)
+    (name, (source, long_side)), = [(n, s) for n, s in parsed.references().items() if n == "style"]
+    style = imageio.load_image(source, long_side)
+    frames = sorted((out / f"{clip.stem}.frames").glob("*.png"))
+    gram = sum(metrics.gram_distance(imageio.load_image(f), style) for f in frames) / len(frames)
+    flicker = data["clip"]["flicker"]
+    return {"warping": flicker["result"], "input": flicker["input"], "gram": gram, "cpu": cpu / len(frames),
+            "wall": wall, "frames": len(frames)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="video", help="a recipe file or shipped name (default: video)")
+    parser.add_argument("--size", type=int, default=128, help="the clip's long side in px (default 128)")
+    parser.add_argument("--frames", type=int, default=12, help="frames of the clip (default 12)")
+    parser.add_argument("--fps", type=int, default=10)
+    parser.add_argument("--seconds", type=float, help="only time the default settings on a clip this long")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for the default run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    size = (args.size, args.size * 3 // 4)
+    common = [f"output.size={args.size}"]
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        if args.seconds:
+            frames = round(args.seconds * args.fps)
+            clip = make_clip(folder / "clip.mp4", frames=frames, size=size, fps=args.fps, shift=(1, 0),
+                             square_shift=(1, 1), audio=True).path
+            r = run(args.recipe, clip, folder / "out", common + args.overrides, args.threads)
+            print(f"{args.seconds:g} s clip, {frames} frames at {size[0]}x{size[1]} px: {r['wall']:.0f} s end to end, "
+                  f"{r['cpu']:.1f} s CPU a frame; warping error {r['warping']:.2e} (input {r['input']:.2e})")
+            return
+        clip = make_clip(folder / "clip.mp4", frames=args.frames, size=size, fps=args.fps).path
+        alone = run(args.recipe, clip, folder / "alone", common + ["video.temporal_weight=0"], args.threads)
+        default = run(args.recipe, clip, folder / "default", common + args.overrides, args.threads)
+    print(f"{args.frames} frames at {size[0]}x{size[1]} px, recipe {args.recipe} {' '.join(args.overrides)}")
+    print(f"{'':16}{'warping error':>15}{'Gram distance':>15}{'CPU s/frame':>13}")
+    for label, r in (("frame by frame", alone), ("default", default)):
+        print(f"{label:16}{r['warping']:>15.3e}{r['gram']:>15.4f}{r['cpu']:>13.1f}")
+    print(f"{'input clip':16}{default['input']:>15.3e}")
+    print(f"{'ratio':16}{default['warping'] / alone['warping']:>15.3f}{default['gram'] / alone['gram']:>15.3f}"
+          f"{default['cpu'] / alone['cpu']:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

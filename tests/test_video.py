@@ -1,0 +1,244 @@
+"""Clips through ``rvgen run``: jobs and names, the [video] keys, frames kept and resumed,
+shots, bad clips, and the flicker the temporal term takes away (the issue's Done-when)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_RECONSTRUCT, write_recipe, write_sample
+from PIL import Image
+from videos import make_clip, make_cut_clip, write_tone
+
+from rvgen import imageio, metrics
+from rvgen.batch.clip import ClipMaker, work_folder
+from rvgen.batch.jobs import plan_jobs
+from rvgen.cli import cli
+from rvgen.errors import RecipeError
+from rvgen.recipe import load_recipe, parse_recipe
+from rvgen.video.io import probe, write_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLIP_RECONSTRUCT = TINY_RECONSTRUCT + '''
+[video]
+iterations = 2
+'''
+
+STYLE = '''
+[task]
+name = "style"
+style = "{style}"
+style_weight = 30.0
+tv_weight = 0.5
+
+[optimizer]
+scales = 2
+min_size = 32
+scale_iterations = 30
+iterations = 15
+upsample_detail = true
+
+[output]
+size = 64
+
+[video]
+iterations = 10
+keep_frames = true
+'''
+
+
+def run(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["run", *map(str, args), "--no-report"])
+    return result.exit_code, result.output
+
+
+def sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".json").read_text())
+
+
+# -- jobs and recipe keys (quick) ------------------------------------------------------------
+
+
+def test_a_clip_is_one_job_named_like_an_image_with_the_codec_s_suffix(tmp_path):
+    inputs = tmp_path / "in"
+    for name in ("clips/a.mov", "clips/b.mov", "clips/b.mp4", "c.MKV"):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        (inputs / name).write_bytes(b"")
+    write_sample(inputs / "clips" / "a.png", "chelsea", 16)
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    frames[0].save(inputs / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (8, 8)).save(inputs / "still.gif")
+    out = tmp_path / "out"
+
+    def names(**options):
+        return {job.rel: (job.output.relative_to(out).as_posix(), job.clip)
+                for job in plan_jobs(str(inputs), out, **options).jobs}
+
+    assert names() == {"anim.gif": ("anim.png", False), "c.MKV": ("c.mp4", True),
+                       "clips/a.mov": ("clips/a.mp4", True), "clips/a.png": ("clips/a.png", False),
+                       "clips/b.mov": ("clips/b.mov.mp4", True), "clips/b.mp4": ("clips/b.mp4.mp4", True),
+                       "still.gif": ("still.png", False)}
+    with_table = names(clip_format="webm", gifs=True)
+    assert with_table["anim.gif"] == ("anim.webm", True) and with_table["still.gif"] == ("still.png", False)
+    assert with_table["clips/a.mov"] == ("clips/a.webm", True) and with_table["clips/b.mov"][0] == "clips/b.mov.webm"
+
+
+def test_video_keys_absent_or_at_their_defaults_change_no_digest():
+    task = {"name": "reconstruct", "layer": "relu1_1"}
+    plain = parse_recipe({"task": task}).digest()
+    assert parse_recipe({"task": task, "video": {}}).digest() == plain
+    defaults = {"temporal_weight": 200.0, "long_term": [1], "passes": 1, "iterations": 10, "codec": "libx264",
+                "crf": 18, "keep_frames": True}
+    assert parse_recipe({"task": task, "video": defaults}).digest() == plain
+    assert parse_recipe({"task": task, "video": {"temporal_weight": 5.0}}).digest() != plain
+    assert parse_recipe({"task": task, "video": {"long_term": [1, 2]}}).digest() != plain
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"frames": "5:2"}, "video.frames: expected START:STOP"),
+    ({"passes": 2}, "video.passes: must be at most 1"),
+    ({"codec": "h264"}, "video.codec: unknown value 'h264'"),
+    ({"long_term": [0]}, "video.long_term: each value must be from 1"),
+    ({"iterationz": 3}, "video.iterationz: unknown key (did you mean 'iterations'?)"),
+])
+def test_bad_video_keys_are_one_line_errors(values, message):
+    with pytest.raises(RecipeError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        parse_recipe({"task": {"name": "reconstruct"}, "video": values})
+
+
+def test_the_guide_holds_each_pixel_to_the_nearest_reliable_earlier_frame():
+    results = {0: torch.full((1, 3, 2, 2), 0.2), 1: torch.full((1, 3, 2, 2), 0.6)}
+    still = torch.zeros(2, 2, 2)
+    near = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    far = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    guide = ClipMaker.guide(2, results, {1: (still, near), 2: (still, far)})
+    assert guide[0, 3].tolist() == [[1.0, 1.0], [1.0, 0.0]]  # the weight: seen by one of them, or not at all
+    assert torch.allclose(guide[0, 0], torch.tensor([[0.6, 0.2], [0.6, 0.0]]))  # offset 1 where it sees
+
+
+# -- through rvgen run -------------------------------------------------------------------------
+
+
+def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one_line(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    clip = make_clip(inputs / "vfr.mov", frames=5, size=(48, 36), vfr=True, audio=True)
+    write_sample(inputs / "photo.png", "coffee", 40)
+    good = clip.path.read_bytes()
+    (inputs / "corrupt.mp4").write_bytes(b"\x00\x01not a clip" * 100)
+    (inputs / "truncated.mp4").write_bytes(good[: len(good) * 2 // 3])
+    (inputs / "codec.mov").write_bytes(good.replace(b"avc1", b"zzzz"))
+    with av.open(str(inputs / "sound.mkv"), "w") as container:
+        write_tone(container, "flac", 0.3)
+    with av.open(str(inputs / "none.mkv"), "w") as container:  # a video stream without frames
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        write_tone(container, "flac", 0.3)
+    recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT)
+    code, text = run(recipe, "-i", inputs, "-o", out)
+    assert code == 1 and "2 done, 5 failed" in text, text
+    failed = {line.split("failed: ", 1)[1].split(":", 1)[0]: line for line in text.splitlines() if " failed: " in line}
+    assert sorted(failed) == ["codec.mov", "corrupt.mp4", "none.mkv", "sound.mkv", "truncated.mp4"], text
+    assert "Traceback" not in text and "codec" in failed["codec.mov"] and "no video stream" in failed["sound.mkv"]
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.name.startswith((".", "index")))
+    assert made == ["photo.png", "photo.png.json", "vfr.mp4", "vfr.mp4.json"]
+    written = probe(out / "vfr.mp4")
+    assert written.frames == 5 and written.has_audio
+    assert [round(t, 3) for t in written.times] == clip.times  # variable frame rate kept
+    assert (written.width, written.height) == (32, 24)
+    data = sidecar(out / "vfr.mp4")
+    assert data["clip"]["frames"] == 5 and data["clip"]["made"] == 5 and data["clip"]["shots"] == [0]
+    assert data["clip"]["flicker"]["input"] > 0 and len(data["clip"]["flicker"]["frames"]) == 4
+    assert not work_folder(plan_jobs(str(inputs / "vfr.mov"), out).jobs[0]).exists()
+    code, text = run(recipe, "-i", inputs, "-o", out)
+    assert "0 done, 5 failed, 2 already done" in text, text
+
+
+@pytest.mark.slow
+def test_a_huge_clip_is_made_at_the_output_size(tmp_path):
+    big = torch.linspace(0, 1, 3840).expand(1, 3, 2160, 3840)
+    write_clip([big, big.flip(-1), big], [0.0, 0.1, 0.2], tmp_path / "in" / "huge.mp4")  # 4K
+    recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT)
+    code, text = run(recipe, "-i", tmp_path / "in", "-o", tmp_path / "out")
+    assert code == 0, text
+    info = probe(tmp_path / "out" / "huge.mp4")
+    assert (info.width, info.height, info.frames) == (32, 18, 3)
+
+
+# -- slow: a clip killed and resumed, shots, and the Done-when figure ------------------------------
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, PYTHONPATH=str(ROOT), RVGEN_LOAD_PLUGINS="", PYTHONWARNINGS="ignore")
+    e.pop("COLUMNS", None)
+    return e
+
+
+@pytest.mark.slow
+def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_clip(inputs / "pan.mp4", frames=8, size=(64, 48))
+    recipe = write_recipe(tmp_path / "recipe.toml", TINY_RECONSTRUCT.replace("iterations = 2", "iterations = 60")
+                          .replace("size = 32", "size = 64") + "\n[video]\niterations = 40\nkeep_frames = true\n")
+    command = [sys.executable, "-m", "rvgen", "run", str(recipe), "-i", str(inputs), "-o", str(out), "--no-report"]
+    work = out / ".rvgen-pan.mp4.frames"
+    proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(work.glob("*.png.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    kept = {p.name: p.read_bytes() for p in work.glob("*.png") if (work / (p.name + ".json")).exists()}
+    assert 3 <= len(kept) < 8 and not (out / "pan.mp4").exists()
+    done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 done" in done.stdout, done.stdout + done.stderr
+    data = sidecar(out / "pan.mp4")
+    assert data["clip"]["made"] == 8 - len(kept)  # the rest were not made again
+    assert all((out / "pan.frames" / name).read_bytes() == content for name, content in kept.items())
+    assert probe(out / "pan.mp4").frames == 8 and not work.exists()
+
+
+@pytest.mark.slow
+def test_a_cut_starts_a_new_shot_painted_as_if_alone(tmp_path):
+    """Shots are independent: the second shot of a clip is the clip of that shot alone (which
+    is what lets shots run apart; here they run one after the other on one worker)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_cut_clip(inputs / "cut.mp4", frames=6, size=(64, 48), cut=3)
+    recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT.replace("size = 32", "size = 48")
+                          + "keep_frames = true\n")
+    assert run(recipe, "-i", inputs, "-o", out)[0] == 0
+    assert sidecar(out / "cut.mp4")["clip"]["shots"] == [0, 3]
+    assert run(recipe, "-i", inputs, "-o", tmp_path / "alone", "--set", "video.frames=3:")[0] == 0
+    whole = sorted((out / "cut.frames").glob("*.png"))
+    alone = sorted((tmp_path / "alone" / "cut.frames").glob("*.png"))
+    assert len(whole) == 6 and len(alone) == 3
+    for a, b in zip(whole[3:], alone):
+        assert torch.equal(imageio.load_image(a), imageio.load_image(b))
+
+
+@pytest.mark.slow
+def test_done_when_the_temporal_term_cuts_flicker_to_a_third_at_nearly_the_same_style(tmp_path):
+    inputs = tmp_path / "in"
+    make_clip(inputs / "pan.mp4", frames=6, size=(64, 48))
+    style = write_sample(tmp_path / "style.png", "hubble_deep_field", 64)
+    recipe = write_recipe(tmp_path / "style.toml", STYLE.format(style=style))
+    figures = {}
+    for label, weight in (("alone", 0), ("default", None)):
+        extra = ["--set", f"video.temporal_weight={weight}"] if weight is not None else []
+        code, text = run(recipe, "-i", inputs, "-o", tmp_path / label, *extra)
+        assert code == 0, text
+        reference = imageio.load_image(style, 64)
+        frames = sorted((tmp_path / label / "pan.frames").glob("*.png"))
+        gram = sum(metrics.gram_distance(imageio.load_image(f), reference) for f in frames) / len(frames)
+        figures[label] = (sidecar(tmp_path / label / "pan.mp4")["clip"]["flicker"]["result"], gram)
+    (alone_error, alone_gram), (error, gram) = figures["alone"], figures["default"]
+    assert error <= alone_error / 3, figures
+    assert gram <= alone_gram * 1.15, figures
+    assert load_recipe(recipe).video["temporal_weight"] > 0
