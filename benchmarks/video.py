@@ -17,7 +17,8 @@ distance at most 15% higher.
 
     python benchmarks/video.py                                  # recipes/video.toml, 128 px, 12 frames
     python benchmarks/video.py --size 96 --frames 8 --set video.temporal_weight=500
-    python benchmarks/video.py --seconds 2 --size 256           # time a 2-second clip end to end
+    python benchmarks/video.py --seconds 2 --size 256 --strip docs/images/video-strip.jpg
+                                                                # time a 2-second clip end to end
 
 Run it alone: it takes minutes, on one torch thread (--threads).
 """
@@ -49,6 +50,17 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def strip(path: Path, clip: Path, frames: Path, count: int = 4) -> None:
+    """A JPEG of ``count`` frames spread over the clip: the input above, the result below."""
+    from rvgen.video.io import read_frames
+
+    inputs = [frame for _, _, frame in read_frames(clip, None)]
+    results = [imageio.load_image(f) for f in sorted(frames.glob("*.png"))]
+    picks = [round(k * (len(results) - 1) / (count - 1)) for k in range(count)]
+    rows = [torch.cat([images[i] for i in picks], dim=3) for images in (inputs, results)]
+    imageio.save_image(torch.cat(rows, dim=2), path, "jpg", 88)
+
+
 def run(recipe: str, clip: Path, out: Path, overrides: list[str], threads: int) -> dict:
     """One ``rvgen run`` of the clip: its sidecar's figures, the frames' Gram distance and the
     CPU time per frame."""
@@ -77,6 +89,7 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=10)
     parser.add_argument("--seconds", type=float, help="only time the default settings on a clip this long")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--strip", type=Path, help="with --seconds: write input and result frames as this JPEG")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for the default run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,6 +102,8 @@ def main() -> None:
             clip = make_clip(folder / "clip.mp4", frames=frames, size=size, fps=args.fps, shift=(1, 0),
                              square_shift=(1, 1), audio=True).path
             r = run(args.recipe, clip, folder / "out", common + args.overrides, args.threads)
+            if args.strip:
+                strip(args.strip, clip, folder / "out" / "clip.frames")
             print(f"{args.seconds:g} s clip, {frames} frames at {size[0]}x{size[1]} px: {r['wall']:.0f} s end to end, "
                   f"{r['cpu']:.1f} s CPU a frame; warping error {r['warping']:.2e} (input {r['input']:.2e})")
             return

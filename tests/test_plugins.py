@@ -39,7 +39,7 @@ class L1Plugin:
 def test_builtins_register_through_the_public_hooks():
     registry = registry_with()
     assert registry.names("task") == ["reconstruct", "style", "texture"]
-    assert registry.names("loss") == ["content", "gram", "tv"]
+    assert registry.names("loss") == ["content", "gram", "temporal", "tv"]
     assert {"random-vgg19", "random-vgg16"} <= set(registry.names("backbone"))
     assert all(e.source == BUILTIN_SOURCE for kind in registry.entries.values() for e in kind.values())
 

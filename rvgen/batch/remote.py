@@ -82,6 +82,9 @@ def run_dask(recipe: Recipe, key: RunKey, jobs: Sequence[Job], tracker: Tracker,
 
         def tasks() -> Iterator:
             for job in jobs:
+                if job.clip:  # frame by frame, with its frames kept here: not a task of one image
+                    yield delayed(_failed)(job, f"{job.rel}: clips are made with --backend local only")
+                    continue
                 try:
                     data = _read_input(job)
                 except OSError as exc:
