@@ -125,6 +125,11 @@ class ClipMaker:
             times.append(moment)
         if not inputs:
             raise ImageError(f"{source}: no frames to make")
+        canvas = tuple(self.pipeline.synth.task.canvas(inputs[0]))
+        if canvas != tuple(inputs[0].shape[-2:]):
+            raise RvgenError(f"{source}: the task makes {canvas[1]}x{canvas[0]} px results from "
+                             f"{inputs[0].shape[-1]}x{inputs[0].shape[-2]} px frames; a clip's frames are followed by "
+                             "their motion, so its results need the frames' size (leave task.size unset)")
         work = self._work_folder(job)
         shots = sorted(set(scene_cuts(inputs)) | {0})
         bounds = list(zip(shots, shots[1:] + [len(inputs)]))
