@@ -99,8 +99,8 @@ VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a re
     Param("temporal_weight", float, 200.0, "weight of the temporal loss: each frame stays near the previous result "
           "warped by the input's optical flow, where the flow is reliable (0: frame by frame)", minimum=0.0,
           digest_neutral=True),
-    Param("long_term", int, [1], "earlier frames each frame is held to, by offset: [1] the previous one; [1, 2, 4] "
-          "also those before, each pixel taking the nearest one that sees it reliably", minimum=1, maximum=64,
+    Param("long_term", int, [1], "earlier frames each frame is held to, by offset: [1] the previous one (always "
+          "included); [1, 2, 4] also those before, each pixel taking the nearest one that sees it reliably", minimum=1, maximum=64,
           kind="counts", digest_neutral=True),
     Param("passes", int, 1, "passes over the clip (only 1: multi-pass is not implemented)", minimum=1, maximum=1,
           digest_neutral=True),

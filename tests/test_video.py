@@ -186,7 +186,7 @@ def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     make_clip(inputs / "pan.mp4", frames=8, size=(64, 48))
     recipe = write_recipe(tmp_path / "recipe.toml", TINY_RECONSTRUCT.replace("iterations = 2", "iterations = 60")
-                          .replace("size = 32", "size = 64") + "\n[video]\niterations = 40\nkeep_frames = true\n")
+                          .replace("size = 32", "size = 64") + "\n[video]\niterations = 40\nlong_term = [1, 2]\nkeep_frames = true\n")
     command = [sys.executable, "-m", "rvgen", "run", str(recipe), "-i", str(inputs), "-o", str(out), "--no-report"]
     work = out / ".rvgen-pan.mp4.frames"
     proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -188,13 +188,13 @@ class ClipMaker:
         """Frames ``start`` to ``stop`` (one shot), those not yet in ``work`` made in order;
         the last frame's result."""
         results: dict[int, torch.Tensor] = {}
-        offsets = sorted(set(self.video["long_term"]))
+        offsets = sorted({1, *self.video["long_term"]})  # the previous frame always
         keep = max(offsets)
         for t in range(start, stop):
             path = work / frame_name(t)
             kept = path.is_file() and (work / (path.name + ".json")).is_file()
             flows = {}  # offset -> (flow of frame t to frame t - offset, its reliability)
-            for k in offsets[:1] if kept else offsets:
+            for k in [1] if kept else offsets:
                 if t - k >= start:
                     back = optical_flow(inputs[t], inputs[t - k])
                     flows[k] = back, reliability(back, optical_flow(inputs[t - k], inputs[t]))
