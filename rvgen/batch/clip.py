@@ -203,7 +203,7 @@ class ClipMaker:
                 made = json.loads((work / (path.name + ".json")).read_text())
             else:
                 alone = t == start or self.video["temporal_weight"] == 0  # 0: frame by frame
-                outcome = self._frame(job, inputs[t], t, alone, results, flows, progress)
+                outcome = self._frame(job, inputs, t, alone, results, flows, progress)
                 imageio.save_image(outcome.image, path, "png")
                 made = {"loss": outcome.loss, "initial": outcome.initial_loss, "parts": dict(outcome.parts),
                         "iterations": outcome.iterations, "seconds": outcome.seconds}
@@ -231,11 +231,12 @@ class ClipMaker:
         totals["iterations"] += int(made["iterations"])
         totals["seconds"] += float(made["seconds"])
 
-    def _frame(self, job: Job, content: torch.Tensor, index: int, first: bool, results: dict[int, torch.Tensor],
+    def _frame(self, job: Job, inputs: list[torch.Tensor], index: int, first: bool, results: dict[int, torch.Tensor],
                flows: dict[int, tuple[torch.Tensor, torch.Tensor]], progress: _Progress) -> Result:
         """Frame ``index``: the first of its shot as an image, a later one from the earlier
         results (``results``, by index) warped by ``flows``."""
         synth = self.pipeline.synth
+        content = inputs[index]
         report = self._reporter(job, progress)
         if first:
             (outcome,) = synth.run_batch([content], [job.variation], report,
@@ -244,7 +245,8 @@ class ClipMaker:
             guide = self.guide(index, results, flows)
             nearest = min(flows)  # where no earlier frame sees a pixel, the nearest one's warp all the same
             weight = guide[:, 3:]
-            begin = (weight * guide[:, :3] + (1 - weight) * warp(results[index - nearest], flows[nearest][0])).clamp(0, 1)
+            fill = warp(results[index - nearest], flows[nearest][0])
+            begin = (weight * guide[:, :3] + (1 - weight) * fill).clamp(0, 1)
             (outcome,) = synth.run_batch([content], [job.variation], report, starts=[begin], guides=[guide],
                                          iterations=self.video["iterations"])
         if isinstance(outcome, RvgenError):
