@@ -150,3 +150,11 @@ def test_every_command_and_flag_the_docs_write_exists():
             assert not wrong, f"{page.name}: `{line}`: rvgen {words[0]} has no {', '.join(sorted(wrong))}"
             checked += 1
     assert checked > 20
+
+
+def test_architecture_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "rvgen").rglob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py") and f"`{path.name}`" not in text
+               and f"`{path.relative_to(ROOT / 'rvgen')}`" not in text and f"`rvgen/{path.relative_to(ROOT / 'rvgen')}`" not in text]
+    assert not missing, f"docs/architecture.md does not name {', '.join(missing)}"
