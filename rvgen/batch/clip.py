@@ -40,7 +40,7 @@ from rvgen import imageio
 from rvgen.batch.events import Event, Step
 from rvgen.batch.jobs import Job
 from rvgen.batch.sidecar import RunKey, input_identity, sidecar
-from rvgen.batch.signals import Stopped
+from rvgen.batch.signals import StepGate
 from rvgen.engine import Progress, Result
 from rvgen.errors import ImageError, RvgenError
 from rvgen.pipeline import Pipeline
@@ -48,7 +48,6 @@ from rvgen.recipe import frame_range
 from rvgen.video.flow import optical_flow, reliability, scene_cuts, warp, warping_error
 from rvgen.video.io import probe, read_frames, write_clip
 
-STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks)
 KEY_FILE = "key.json"
 
 
@@ -273,17 +272,12 @@ class ClipMaker:
         return torch.cat([image, weight], dim=1)
 
     def _reporter(self, job: Job, progress: _Progress) -> Callable[[int, Progress], None]:
-        last = [time.monotonic()]
+        gate = StepGate(self.should_stop)
 
         def callback(_: int, p: Progress) -> None:
-            now = time.monotonic()
-            if now - last[0] < STEP_INTERVAL:
-                return
-            last[0] = now
-            if self.should_stop():
-                raise Stopped
-            self.emit(Step(self.name, job, p.iteration, p.iterations, p.loss, p.level,
-                           frames=(progress.done, progress.total), eta=progress.eta()))
+            if gate():
+                self.emit(Step(self.name, job, p.iteration, p.iterations, p.loss, p.level,
+                               frames=(progress.done, progress.total), eta=progress.eta()))
 
         return callback
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks) per worker
 
 
 class Stopped(BaseException):
@@ -33,6 +35,25 @@ class Interrupted(Stopped):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+class StepGate:
+    """When a worker's progress callback reports: ``gate()`` is True at most every
+    ``interval`` seconds, and then first checks ``should_stop`` (raising :class:`Stopped`), so
+    a stop is heard within an interval and progress events stay few."""
+
+    def __init__(self, should_stop: Callable[[], bool], interval: float = STEP_INTERVAL):
+        self.should_stop, self.interval = should_stop, interval
+        self.last = time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        if self.should_stop():
+            raise Stopped
+        return True
 
 
 class StopSignals:

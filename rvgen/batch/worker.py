@@ -14,7 +14,6 @@ processes (:mod:`rvgen.batch.local`); a Dask task (:mod:`rvgen.batch.remote`) sh
 
 from __future__ import annotations
 
-import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -32,7 +31,7 @@ from rvgen.batch.events import (
 )
 from rvgen.batch.jobs import Job
 from rvgen.batch.sidecar import RunKey, write_result
-from rvgen.batch.signals import Stopped
+from rvgen.batch.signals import StepGate, Stopped
 from rvgen.batch.steps import write_step
 from rvgen.engine import Progress, Result
 from rvgen.errors import RvgenError
@@ -41,7 +40,6 @@ from rvgen.pipeline import Pipeline
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe
 
-STEP_INTERVAL = 0.25  # seconds between progress events (and stop checks) per worker
 MAX_TAKE = 64  # most jobs a GPU worker takes from the queue at once
 
 
@@ -109,20 +107,15 @@ class Worker:
 
     def _reporter(self, jobs: Sequence[Job]) -> Callable[[int, Progress], None]:
         """Progress of image ``index`` of ``jobs``: a Step event (and a stop check) at most
-        every STEP_INTERVAL seconds for the worker as a whole."""
-        last = [time.monotonic()]
+        every STEP_INTERVAL seconds (:class:`~rvgen.batch.signals.StepGate`) for the worker as a whole."""
+        gate = StepGate(self.should_stop)
 
         def callback(index: int, progress: Progress) -> None:
             if progress.image is not None:
                 self._save_step(jobs[index], progress)
-            now = time.monotonic()
-            if now - last[0] < STEP_INTERVAL:
-                return
-            last[0] = now
-            if self.should_stop():
-                raise Stopped
-            self.emit(Step(self.name, jobs[index], progress.iteration, progress.iterations, progress.loss,
-                           progress.level))
+            if gate():
+                self.emit(Step(self.name, jobs[index], progress.iteration, progress.iterations, progress.loss,
+                               progress.level))
 
         return callback
 
@@ -157,38 +150,41 @@ class Worker:
             self._drop_steps(job)
             self.emit(done(self.name, job, outcome, self.keep_images))
 
-    def make(self, job: Job) -> None:
-        """One job, start to finish; failures become events, a stop propagates."""
+    def _attempt(self, job: Job, make: Callable[[], Result], finish: Callable[[Result], None]) -> None:
+        """One job, start to finish: ``make`` it, then ``finish`` the result; failures become
+        events, a stop propagates (the job abandoned)."""
         self.emit(ImageStarted(self.name, job))
-        report = self._reporter([job])
         try:
-            content = self.pipeline.load(job.source)
-            result = self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress))
+            result = make()
         except (Stopped, KeyboardInterrupt):
             self.emit(ImageAbandoned(self.name, job))
             raise
         except Exception as exc:  # one bad image never stops the others
             self._fail(job, exc)
         else:
-            self._finish(job, result)
+            finish(result)
+
+    def make(self, job: Job) -> None:
+        """One image job, start to finish."""
+        report = self._reporter([job])
+
+        def make() -> Result:
+            content = self.pipeline.load(job.source)
+            return self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress))
+
+        self._attempt(job, make, lambda result: self._finish(job, result))
 
     def make_clip(self, job: Job) -> None:
         """A clip job, frame by frame (:class:`~rvgen.batch.clip.ClipMaker`), its video and
-        sidecar written at the end; failures become events, a stop propagates (the frames
-        made so far are kept for the next run)."""
-        self.emit(ImageStarted(self.name, job))
-        try:
+        sidecar written at the end (the frames made so far are kept when it stops or fails)."""
+
+        def make() -> Result:
             if self.clips is None:
                 self.clips = ClipMaker(Pipeline(self.recipe, self.device, self.registry, clips=True), self.key,
                                        self.name, self.device, self.threads, self.emit, self.should_stop)
-            result = self.clips.make(job)
-        except (Stopped, KeyboardInterrupt):
-            self.emit(ImageAbandoned(self.name, job))
-            raise
-        except Exception as exc:  # one bad clip never stops the others
-            self._fail(job, exc)
-        else:
-            self.emit(done(self.name, job, result, self.keep_images))
+            return self.clips.make(job)
+
+        self._attempt(job, make, lambda result: self.emit(done(self.name, job, result, self.keep_images)))
 
     def make_batch(self, jobs: Sequence[Job]) -> None:
         """Several jobs optimised together (grouped by size, split further if memory runs out).
