@@ -157,8 +157,14 @@ def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one
     assert data["clip"]["frames"] == 5 and data["clip"]["made"] == 5 and data["clip"]["shots"] == [0]
     assert data["clip"]["flicker"]["input"] > 0 and len(data["clip"]["flicker"]["frames"]) == 4
     assert not work_folder(plan_jobs(str(inputs / "vfr.mov"), out).jobs[0]).exists()
+    assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    page = (out / "index.html").read_text()
+    assert '<video src="vfr.mp4"' in page and page.count('class="curve flicker"') == 1  # plays, flicker plotted
+    assert "flicker</dt><dd>" in page and "5 in 1 shot(s)" in page
     code, text = run(recipe, "-i", inputs, "-o", out)
     assert "0 done, 5 failed, 2 already done" in text, text
+    code, text = run(recipe, "-i", inputs / "vfr.mov", "-o", out, "--force")  # made again, every frame
+    assert code == 0 and "1 done" in text and sidecar(out / "vfr.mp4")["clip"]["made"] == 5, text
 
 
 @pytest.mark.slow
