@@ -214,13 +214,18 @@ def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
 @pytest.mark.slow
 def test_a_cut_starts_a_new_shot_painted_as_if_alone(tmp_path):
     """Shots are independent: the second shot of a clip is the clip of that shot alone (which
-    is what lets shots run apart; here they run one after the other on one worker)."""
-    inputs, out = tmp_path / "in", tmp_path / "out"
+    is what would let shots run apart; a clip's shots run one after the other on one worker,
+    while clips spread over the workers)."""
+    inputs, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log.jsonl"
     make_cut_clip(inputs / "cut.mp4", frames=6, size=(64, 48), cut=3)
+    make_clip(inputs / "pan.mp4", frames=6, size=(64, 48))
     recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT.replace("size = 32", "size = 48")
                           + "keep_frames = true\n")
-    assert run(recipe, "-i", inputs, "-o", out)[0] == 0
+    assert run(recipe, "-i", inputs, "-o", out, "--workers", "2", "--log-file", log)[0] == 0
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len({e["worker"] for e in events if e["event"] == "image_done"}) == 2  # a clip on each worker
     assert sidecar(out / "cut.mp4")["clip"]["shots"] == [0, 3]
+    (inputs / "pan.mp4").unlink()
     assert run(recipe, "-i", inputs, "-o", tmp_path / "alone", "--set", "video.frames=3:")[0] == 0
     whole = sorted((out / "cut.frames").glob("*.png"))
     alone = sorted((tmp_path / "alone" / "cut.frames").glob("*.png"))
