@@ -268,6 +268,22 @@ def _provenance(image: Path) -> dict:
     return data
 
 
+def _plugins_not_here(made_with: dict) -> str:
+    """The plugin distributions an image records (``plugins``) that this installation does not
+    have at the same version, said for a message ('' when it has them all)."""
+    from rvgen.plugins import get_registry, normalize_name
+
+    here = get_registry().installed()
+    said = []
+    for dist, version in sorted(made_with.items()):
+        now = here.get(normalize_name(dist))
+        if now != version:
+            state = "which is not installed here" if now is None else f"installed here at {_shown(now)}"
+            said.append(f"the plugin {_shown(dist)} {_shown(version)}, {state} (pip install "
+                        f"'{_shown(dist)}=={_shown(version)}')")
+    return "; ".join(said)
+
+
 def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     """The recipe ``image`` records, with ``--set`` overrides, validated as a recipe file is.
     Its source is the image: the name the metadata gives is only text."""
@@ -276,7 +292,16 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     data = _provenance(image)
     recorded = data["recipe"]
     resolved, cwd_keys = apply_overrides(recorded["resolved"], overrides)
-    parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(image))
+    try:
+        parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(image))
+    except UsageError as exc:
+        missing = _plugins_not_here(data.get("plugins") or {})
+        if missing:
+            raise type(exc)(f"{exc}; {_shown(image.name)} was made with {missing}") from None
+        raise
+    changed = _plugins_not_here(data.get("plugins") or {})
+    if changed:
+        click.echo(f"Warning: {_shown(image)} was made with {changed}; results may differ", err=True)
     if not overrides and recorded.get("digest") and parsed.digest() != recorded["digest"]:
         click.echo(f"Warning: {_shown(image)}: this rvgen resolves its recipe to digest {parsed.digest()}, not the "
                    f"recorded {_shown(recorded['digest'])}; results may differ", err=True)
@@ -520,6 +545,8 @@ def info(image: Path, as_json: bool) -> None:
         f"recipe:     {recipe.get('source', '?')} (digest {recipe.get('digest', '?')})",
         "seeds:      " + (", ".join(f"{k} = {v}" for k, v in (data.get("seeds") or {}).items()) or "-"),
     ]
+    if data.get("plugins"):
+        lines.append("plugins:    " + ", ".join(f"{dist} {version}" for dist, version in data["plugins"].items()))
     for name, digest in (data.get("references") or {}).items():
         lines.append(f"reference:  {name} (sha256 {digest})")
     if "final" in loss:
@@ -561,7 +588,8 @@ def recipes() -> None:
               help="Comma list of NAME[:VARIANT|:KEY=VALUE], e.g. random-vgg19,random-vgg19:stacked,"
                    "random-resnet50. Default: the recipe's.")
 @click.option("--layers", metavar="LAYERS",
-              help="Reconstruct: comma list of layers, one column each (VGG names map to a ResNet's equivalents).")
+              help="Comma list of layers, one column each, for a task with a layer_option (reconstruct's layer; "
+                   "VGG names map to other backbones' equivalents).")
 @click.option("--seeds", metavar="SEEDS", help="Comma list of backbone seeds, one column each.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (as in run).")
 @click.option("--gpus", metavar="IDS", help="GPUs to use, e.g. 0,1 (one worker each), as in run.")

@@ -180,6 +180,7 @@ class Registry:
                 continue
             for entry in entries:
                 self.entries[entry.kind][entry.name] = entry
+        self.broken.sort(key=lambda b: normalize_name(b.source))  # by distribution, whatever found them
 
     def _collect(self, pm: pluggy.PluginManager, plugin: Any, source: str, package: tuple[str, str] | None,
                  bases: dict[str, type]) -> list[Entry]:
@@ -234,9 +235,11 @@ class Registry:
         """{distribution: version} of the plugins that registered ``entries`` (built-ins left out)."""
         return dict(sorted(e.package for e in entries if e.package is not None))
 
-    def package_names(self) -> set[str]:
-        """The normalised names of every plugin distribution with something in this registry."""
-        return {normalize_name(e.package[0]) for kind in self.entries.values() for e in kind.values() if e.package}
+    def installed(self) -> dict[str, str]:
+        """{distribution: version} of every plugin with something in this registry, the names
+        normalised (:func:`normalize_name`)."""
+        return {normalize_name(e.package[0]): e.package[1]
+                for kind in self.entries.values() for e in kind.values() if e.package is not None}
 
 
 def _names(kind: str, classes: Iterable[Any]) -> set[tuple[str, str]]:
@@ -250,7 +253,10 @@ def normalize_name(name: str) -> str:
 
 def _wanted_entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[str]]:
     setting = os.environ.get(ENV_VAR)
-    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    # In a fixed order (by distribution, then entry-point name), not the file system's: which of
+    # two clashing plugins is left out, and the order of the lines, are the same everywhere.
+    eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                 key=lambda ep: (normalize_name(ep.dist.name) if ep.dist else "", ep.name))
     if setting is None:
         return eps, []
     wanted = {normalize_name(s.strip()) for s in setting.split(",") if s.strip()}
@@ -396,24 +402,13 @@ def describe_plugin(plugin: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def api_package(plugin: Any) -> tuple[str, str] | None:
-    """(distribution, version) of an object registered through the API, when its top-level
-    module belongs to an installed distribution."""
-    module = plugin.__name__ if inspect.ismodule(plugin) else (
-        plugin if isinstance(plugin, type) else type(plugin)).__module__
-    for dist in importlib.metadata.packages_distributions().get(module.partition(".")[0], []):
-        if normalize_name(dist) != "rvgen":
-            return dist, importlib.metadata.version(dist)
-    return None
-
-
 def registry_with(plugins: Iterable[Any] = (), entry_points: bool = False, strict: bool = True) -> Registry:
     """A registry of the built-ins plus the given plugin objects (for tests and embedding).
     With ``strict`` (the default) a plugin at fault raises :class:`PluginError`; without, it
     is left out and listed in :attr:`Registry.broken`, as the command line does."""
     found = discover(entry_points=entry_points)
-    for plugin in plugins:
-        found.add(plugin, None, describe_plugin(plugin), api_package(plugin))
+    for plugin in plugins:  # no distribution: nothing to record in sidecars (Registry.packages)
+        found.add(plugin, None, describe_plugin(plugin))
     return found.registry(strict=strict)
 
 

@@ -188,6 +188,15 @@ class Recipe:
         return {name: (src, max(1, round(long_side * size)) if isinstance(long_side, float) else long_side or size)
                 for name, (src, long_side) in self.build_task(registry).references().items()}
 
+    def plugins(self, registry: Registry | None = None) -> dict[str, str]:
+        """{distribution: version} of the installed plugins whose task, backbone or losses this
+        recipe uses (the built-ins and plugins registered through the API have none): what
+        its results record, and what a changed version makes them be redone for."""
+        registry = registry or get_registry()
+        return registry.packages([registry.get("task", self.task["name"], "task.name"),
+                                  registry.get("backbone", self.backbone["name"], "backbone.name"),
+                                  *(registry.get("loss", name, f"losses.{name}") for name in self.losses)])
+
     def files(self, registry: Registry | None = None) -> list[tuple[str, str]]:
         """(dotted key, path) of every file this recipe reads besides the inputs: the values of
         its ``path`` and ``images`` keys (a style image, each image of a style folder, an init
@@ -382,7 +391,8 @@ def parse_recipe(
     for key in data:
         if key not in SECTIONS:
             raise RecipeError(f"{key}: unknown table{suggest(key, SECTIONS)}; allowed: {', '.join(SECTIONS)}")
-    ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"))
+    ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"),
+                  find_loss=lambda name, key: registry.get("loss", name, key))
 
     backbone_data = _table(data, "backbone")
     backbone_name = _name(backbone_data, "backbone", "random-vgg19")
