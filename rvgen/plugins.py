@@ -200,11 +200,12 @@ class Registry:
         seen: dict[tuple[str, str], Entry] = {}
         for entry in staged:
             problem = class_problem(entry.kind, entry.cls, bases[entry.kind])
-            clash = self.entries[entry.kind].get(entry.name) or seen.get((entry.kind, entry.name))
-            if problem is None and clash is not None:
-                problem = (f"two plugins register the {entry.kind} {entry.name!r}: {clash.source} and {source}; "
-                           "give one of them another name" if clash is not entry and clash.source != source
-                           else f"it registers the {entry.kind} {entry.name!r} twice")
+            earlier = self.entries[entry.kind].get(entry.name)
+            if problem is None and earlier is not None:
+                problem = (f"two plugins register the {entry.kind} {entry.name!r}: {earlier.source} and {source}; "
+                           "give one of them another name")
+            elif problem is None and (entry.kind, entry.name) in seen:
+                problem = f"it registers the {entry.kind} {entry.name!r} twice"
             if problem is not None:
                 raise PluginFault(problem, names)
             seen[(entry.kind, entry.name)] = entry

@@ -142,6 +142,30 @@ def test_faulty_plugins_are_left_out_with_one_line_each_and_the_others_load(site
     assert str(info.value) == f"task.name: the task 'lazy' is not available: {lines['noterms']}"
 
 
+def test_a_raising_hook_and_a_clash_leave_only_that_plugin_out():
+    class Raising:
+        @hookimpl
+        def register_losses(self, register):
+            register(Scalar)
+            raise RuntimeError("config file\nnot found")
+
+    class Clash:
+        @hookimpl
+        def register_losses(self, register):
+            register(type("Gram2", (Scalar,), {"name": "gram"}))
+            register(type("Other", (Scalar,), {"name": "other"}))
+
+    registry = registry_with([Raising(), Clash()], strict=False)
+    problems = {b.plugin.rsplit(".", 1)[1]: b.problem for b in registry.broken}
+    assert problems["Raising"] == "its hook register_losses raised RuntimeError: config file not found"
+    assert problems["Clash"].startswith("two plugins register the loss 'gram': rvgen (built-in) and ")
+    assert problems["Clash"].endswith("Clash; give one of them another name")
+    assert "other" not in registry.names("loss") and "scalar" not in registry.names("loss")  # whole, never half
+    assert registry.get("loss", "gram", "x").source == "rvgen (built-in)"
+    with pytest.raises(PluginError, match=r"^terms\[0\]\.loss: the loss 'other' is not available: plugin .*Clash"):
+        registry.get("loss", "other", "terms[0].loss")
+
+
 def test_the_command_line_warns_for_recipes_that_do_not_use_them_and_stops_those_that_do(site, monkeypatch,
                                                                                          tmp_path):
     for name, source in PLUGINS.items():
