@@ -19,6 +19,7 @@ from conftest import TINY_RECONSTRUCT, psnr, sample, write_recipe, write_sample
 from rvgen import hookimpl
 from rvgen.batch.runner import prepare
 from rvgen.cli import cli
+from rvgen.compare.execute import run_comparison
 from rvgen.compare.plan import plan_columns
 from rvgen.engine import Term
 from rvgen.errors import PluginError
@@ -27,7 +28,7 @@ from rvgen.params import Param
 from rvgen.pipeline import Pipeline, preflight
 from rvgen.plugins import ENV_VAR, discover, registry_with
 from rvgen.recipe import parse_recipe
-from rvgen.tasks import Task
+from rvgen.tasks import Metric, Task
 
 # -- plugins installed as pip would lay them out: a module and a dist-info with an entry point ---
 
@@ -64,7 +65,7 @@ MISSPELT = WRONG_PARAMETER.replace("sq-diff", "misspelt-diff").replace("def regi
                                                                           "def register_loss(register):\n    register(Sq)")
 NO_TERMS = """
 from rvgen import hookimpl
-from rvgen.tasks import Task
+from rvgen.tasks import Metric, Task
 
 class Lazy(Task):
     name = "lazy"
@@ -453,3 +454,33 @@ def test_a_plugin_task_declares_the_option_compare_layers_sweeps(tmp_path):
     with pytest.raises(PluginError, match=r"task 'odd' \(Odd\) declares layer_option = 'seed', which is not one of "
                                           r"its params of kind \"layer\" or \"layers\""):
         registry_with([NotALayer()])
+
+
+class BadScore(Task):
+    name = "bad-score"
+    params = (Param("seed", int, 0, "seed"),)
+    metrics = (Metric("mae", "mean abs err", False),)
+
+    def terms(self):
+        return [Term("content", "content", ("relu1_1",))]
+
+    def score(self, result, content, references):
+        return {"mea": float((result - content).abs().mean())}  # misspelt: no "mae"
+
+
+class BadScorePlugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register(BadScore)
+
+
+def test_a_plugin_tasks_wrong_scores_fail_its_results_in_one_line(tmp_path):
+    registry = registry_with([BadScorePlugin()])
+    data = {"task": {"name": "bad-score"}, "optimizer": {"iterations": 2}, "output": {"size": 32}}
+    columns, recipes = plan_columns(data, [], [], [], registry, tmp_path)
+    comparison = run_comparison(columns, recipes, [("skimage:coffee", "coffee")], tmp_path / "out", registry=registry)
+    assert comparison.outcomes == []
+    ((_, name, reason),) = comparison.failures
+    assert name == "coffee" and reason.startswith("task 'bad-score' (test_plugin_faults.BadScorePlugin) is at fault: "
+                                                  "score() must return a number for each of its metrics (mae), got "
+                                                  "{'mea': 0.")
