@@ -126,10 +126,14 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
     """The checks that need the recipe's network, made once before any work: every reference
     image opens and keeps enough pixels at every level (:func:`check_references`),
     ``optimizer.tile_size`` is a multiple of the stride of the deepest layer used (tiles
-    start on that grid), and every loss a plugin provides keeps its contract
-    (:func:`check_plugin_losses`). A recipe that needs none of these builds no network here."""
+    start on that grid), and every task and loss a plugin provides keeps its contract
+    (:func:`check_plugin_task`, :func:`check_plugin_losses`). A recipe that needs none of
+    these builds no network here."""
     registry = registry or get_registry()
     references = load_references(recipe.references(registry))
+    task = registry.get("task", recipe.task["name"], "task.name")
+    if task.source != BUILTIN_SOURCE:
+        check_plugin_task(task, recipe.build_task(registry), references)
     tile = recipe.execution.tile_size
     plugin_losses = any(registry.get("loss", name, f"losses.{name}").source != BUILTIN_SOURCE for name in recipe.losses)
     if not references and tile is None and not plugin_losses:
@@ -146,6 +150,37 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
                           f"{deepest} (tiles start on that grid); use {choices}")
     check_references(synth, {name: tuple(image.shape[-2:]) for name, image in references.items()
                              if name in synth.reference_names}, recipe.output["size"])
+
+
+def check_plugin_task(entry: Any, task: Any, references: Mapping[str, torch.Tensor]) -> None:
+    """Call each method of a plugin's task that a run calls, once, on a small random input
+    (``PROBE_SIDE`` px): a one-line :class:`~rvgen.errors.PluginError` naming the plugin when
+    one raises or returns the wrong shape (``canvas`` two positive ints; ``init``, ``finish``
+    and ``prepare_reference`` an image of the size they were given), rather than every image
+    of the run failing the same way."""
+    content = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE, generator=torch.Generator().manual_seed(0))
+
+    def image(what: str, value: Any, shape: tuple[int, ...]) -> None:
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise plugin_fault(entry, f"is at fault: {what} returned {got}; it must return an image of shape {shape}")
+
+    canvas = call_plugin(entry, "canvas()", task.canvas, content)
+    if not (isinstance(canvas, (tuple, list)) and len(canvas) == 2
+            and all(isinstance(side, int) and side > 0 for side in canvas)):
+        raise plugin_fault(entry, f"is at fault: canvas() returned {canvas!r:.100}; it must return (height, width), "
+                                  "two positive ints")
+    shape = (1, 3, *canvas)
+    image("init()", call_plugin(entry, "init()", task.init, content, tuple(canvas), torch.Generator().manual_seed(0)),
+          shape)
+    image("finish()", call_plugin(entry, "finish()", task.finish, torch.rand(shape), content), shape)
+    for name in sorted(task.derived_references()):
+        image(f"prepare_reference({name!r}) of a derived reference", call_plugin(
+            entry, "prepare_reference()", task.prepare_reference, name, content, content), tuple(content.shape))
+    for name in sorted(set(task.adapted_references()) & set(references)):
+        reference = references[name]
+        image(f"prepare_reference({name!r})", call_plugin(
+            entry, "prepare_reference()", task.prepare_reference, name, reference, content), tuple(reference.shape))
 
 
 def check_plugin_losses(synth: Any, registry: Registry) -> None:

@@ -484,3 +484,36 @@ def test_a_plugin_tasks_wrong_scores_fail_its_results_in_one_line(tmp_path):
     assert name == "coffee" and reason.startswith("task 'bad-score' (test_plugin_faults.BadScorePlugin) is at fault: "
                                                   "score() must return a number for each of its metrics (mae), got "
                                                   "{'mea': 0.")
+
+
+class WrongStart(Grey):
+    name = "wrong-start"
+
+    def init(self, content, shape, generator):
+        return torch.rand(1, 3, 8, 8, generator=generator)  # not the canvas's size
+
+
+class WrongDerived(Grey):
+    name = "wrong-derived"
+
+    def prepare_reference(self, name, image, content):
+        return image.mean(1, keepdim=True)  # one channel: the loss would compare (B, 1, ...) features
+
+
+class StartPlugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register(WrongStart)
+        register(WrongDerived)
+
+
+@pytest.mark.parametrize("task, message", [
+    ("wrong-start", r"init\(\) returned shape \(1, 3, 8, 8\); it must return an image of shape \(1, 3, 32, 32\)"),
+    ("wrong-derived", r"prepare_reference\('grey'\) of a derived reference returned shape \(1, 1, 32, 32\); it must "
+                      r"return an image of shape \(1, 3, 32, 32\)"),
+])
+def test_a_plugin_task_returning_the_wrong_image_fails_at_preflight(task, message):
+    registry = registry_with([StartPlugin()])
+    recipe = parse_recipe({"task": {"name": task}}, registry=registry)
+    with pytest.raises(PluginError, match=rf"^task '{task}' \(.*StartPlugin\) is at fault: {message}$"):
+        preflight(recipe, registry)
