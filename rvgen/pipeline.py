@@ -136,9 +136,12 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
         check_plugin_task(task, recipe.build_task(registry), references)
     tile = recipe.execution.tile_size
     plugin_losses = any(registry.get("loss", name, f"losses.{name}").source != BUILTIN_SOURCE for name in recipe.losses)
-    if not references and tile is None and not plugin_losses:
+    backbone = registry.get("backbone", recipe.backbone["name"], "backbone.name")
+    if not references and tile is None and not plugin_losses and backbone.source == BUILTIN_SOURCE:
         return
-    synth = recipe.build("cpu", registry)
+    synth = call_plugin(backbone, "__init__()", recipe.build, "cpu", registry)
+    if backbone.source != BUILTIN_SOURCE:
+        check_plugin_backbone(backbone, synth)
     if plugin_losses:
         check_plugin_losses(synth, registry)
     geometry = synth.objective.geometry if tile is not None else None
@@ -181,6 +184,24 @@ def check_plugin_task(entry: Any, task: Any, references: Mapping[str, torch.Tens
         reference = references[name]
         image(f"prepare_reference({name!r})", call_plugin(
             entry, "prepare_reference()", task.prepare_reference, name, reference, content), tuple(reference.shape))
+
+
+def check_plugin_backbone(entry: Any, synth: Any) -> None:
+    """Run a plugin's backbone once on a small random image, and once on PyTorch's ``meta``
+    device as the memory estimate does: a one-line :class:`~rvgen.errors.PluginError` naming
+    the plugin when ``features`` raises or leaves out a layer the recipe uses."""
+    objective = synth.objective
+    side = max(PROBE_SIDE, synth.min_side)
+    with torch.no_grad():
+        feats = call_plugin(entry, "features()", objective.features, torch.rand(1, 3, side, side), objective.layers)
+    missing = [layer for layer in objective.layers if not isinstance(feats.get(layer), torch.Tensor)
+               or feats[layer].dim() != 4 or feats[layer].shape[0] != 1]
+    if missing:
+        raise plugin_fault(entry, f"is at fault: features(x, layers) returned no (B, C, H, W) tensor for "
+                                  f"{', '.join(missing)} of a {side} px image; return {{layer: tensor}} for every "
+                                  "layer asked for")
+    call_plugin(entry, "features() on the meta device (memory estimate; no .item() or decisions on values)",
+                synth.memory_estimate_at, (side, side))
 
 
 def check_plugin_losses(synth: Any, registry: Registry) -> None:

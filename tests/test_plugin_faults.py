@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import rvgen.plugins
 from conftest import TINY_RECONSTRUCT, psnr, sample, write_recipe, write_sample
 from rvgen import hookimpl
+from rvgen.backbones import Backbone
 from rvgen.batch.runner import prepare
 from rvgen.cli import cli
 from rvgen.compare.execute import run_comparison
@@ -516,4 +517,48 @@ def test_a_plugin_task_returning_the_wrong_image_fails_at_preflight(task, messag
     registry = registry_with([StartPlugin()])
     recipe = parse_recipe({"task": {"name": task}}, registry=registry)
     with pytest.raises(PluginError, match=rf"^task '{task}' \(.*StartPlugin\) is at fault: {message}$"):
+        preflight(recipe, registry)
+
+
+class Forgetful(Backbone):
+    name = "forgetful"
+    default_layers = {"content": ["a"], "style": ["a", "b"], "reconstruct": ["b"]}
+
+    @classmethod
+    def layer_names(cls, options):
+        return ["a", "b"]
+
+    def __init__(self, options, layers):
+        super().__init__(options, layers)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def features(self, x, layers):
+        return {"a": self.conv(x)}  # never "b"
+
+
+class OnValues(Forgetful):
+    name = "on-values"
+
+    def features(self, x, layers):
+        h = self.conv(x)
+        return {"a": h, "b": h * float(h.abs().max().item() > 0)}  # a decision on values: no meta device
+
+
+class BackbonePlugin:
+    @hookimpl
+    def register_backbones(self, register):
+        register(Forgetful)
+        register(OnValues)
+
+
+@pytest.mark.parametrize("backbone, message", [
+    ("forgetful", r"features\(x, layers\) returned no \(B, C, H, W\) tensor for b of a 32 px image"),
+    ("on-values", r"failed: its features\(\) on the meta device \(memory estimate; no \.item\(\) or decisions on "
+                  r"values\) raised"),
+])
+def test_a_plugin_backbone_that_leaves_out_a_layer_or_needs_values_fails_at_preflight(backbone, message):
+    registry = registry_with([BackbonePlugin()])
+    recipe = parse_recipe({"task": {"name": "reconstruct", "layer": "b"}, "backbone": {"name": backbone}},
+                          registry=registry)
+    with pytest.raises(PluginError, match=rf"^backbone '{backbone}' \(.*BackbonePlugin\) (is at fault: )?{message}"):
         preflight(recipe, registry)
