@@ -554,6 +554,8 @@ def _parse_terms(items: Any, task_targets: Sequence[str], ctx: Context, registry
     targets = [*task_targets, "none"]
     terms = []
     for i, item in enumerate(items):
+        if item.get("blend") in ([], ()):  # a resolved recipe (a sidecar's, --from) writes each term's empty blend
+            item = {k: v for k, v in item.items() if k != "blend"}
         opts = validate(f"terms[{i}]", item, TERM_PARAMS, ctx)
         if opts["target"] is None:
             opts["target"] = "input" if registry.get("loss", opts["loss"], f"terms[{i}].loss").cls.needs_target else "none"

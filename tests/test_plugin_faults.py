@@ -366,6 +366,14 @@ def test_results_record_plugin_versions_and_a_new_version_redoes_them(site, monk
     assert "1 done" in result.output, result.output  # another version may compute another loss: redone
     assert json.loads((out / "cat.png.json").read_text())["plugins"] == {"rvgen-good": "1.1"}
 
+    install(site, "good", GOOD, "1.2")  # another version installed: --from warns, and goes on
+    monkeypatch.setattr(rvgen.plugins, "_cache", None)
+    result = invoke("run", "--from", out / "cat.png", "--input", image.parent, "--output", tmp_path / "again",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"Warning: {out / 'cat.png'} was made with the plugin rvgen-good 1.1, installed here at 1.2 (pip install " \
+           "'rvgen-good==1.1'); results may differ" in result.stderr
+
     use(monkeypatch)  # the plugin not installed (not loaded): --from names the package that made the image
     result = invoke("run", "--from", out / "cat.png", "--input", image.parent, "--output", tmp_path / "again")
     assert result.exit_code == 2
