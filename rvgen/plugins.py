@@ -142,7 +142,8 @@ def class_problem(kind: str, cls: Any, base: type) -> str | None:
     required = dict(REQUIRED_METHODS[kind])
     for (promised_kind, flag), methods in PROMISED_METHODS.items():
         if promised_kind == kind and getattr(cls, flag, False):
-            required.update({method: f"{signature} (it declares {flag} = True)" for method, signature in methods.items()})
+            required.update({method: f"{signature} (it declares {flag} = True)"
+                             for method, signature in methods.items()})
     for method, what in required.items():
         if getattr(cls, method, None) is getattr(base, method, None):
             return f"{where} does not define {what}"
@@ -360,8 +361,8 @@ def discover(entry_points: bool = True) -> Discovery:
         package = (ep.dist.name, ep.dist.version) if ep.dist else None
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.name
         if pm.has_plugin(ep.name):
-            found.warnings.append(f"plugin {ep.name!r} ({dist}) skipped: {found.sources.get(id(pm.get_plugin(ep.name)))} "
-                                  "uses the same entry-point name")
+            other = found.sources.get(id(pm.get_plugin(ep.name)))
+            found.warnings.append(f"plugin {ep.name!r} ({dist}) skipped: {other} uses the same entry-point name")
             continue
         try:
             plugin = ep.load()

@@ -62,11 +62,11 @@ class Sq(Loss):
 def register_losses(reg):
     reg(Sq)
 """
-MISSPELT = WRONG_PARAMETER.replace("sq-diff", "misspelt-diff").replace("def register_losses(reg):\n    reg(Sq)",
-                                                                          "def register_loss(register):\n    register(Sq)")
+MISSPELT = WRONG_PARAMETER.replace("sq-diff", "misspelt-diff").replace(
+    "def register_losses(reg):\n    reg(Sq)", "def register_loss(register):\n    register(Sq)")
 NO_TERMS = """
 from rvgen import hookimpl
-from rvgen.tasks import Metric, Task
+from rvgen.tasks import Task
 
 class Lazy(Task):
     name = "lazy"
