@@ -139,7 +139,7 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
     backbone = registry.get("backbone", recipe.backbone["name"], "backbone.name")
     if not references and tile is None and not plugin_losses and backbone.source == BUILTIN_SOURCE:
         return
-    synth = call_plugin(backbone, "__init__()", recipe.build, "cpu", registry)
+    synth = recipe.build("cpu", registry)
     if backbone.source != BUILTIN_SOURCE:
         check_plugin_backbone(backbone, synth)
     if plugin_losses:

@@ -54,13 +54,13 @@ def plugin_fault(entry: Entry, problem: str) -> PluginError:
     return PluginError(f"{entry.kind} {entry.name!r} ({entry.source}) {problem}")
 
 
-def call_plugin(entry: Entry, what: str, function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)``, code of the plugin ``entry``: an exception it raises (not rvgen's own
-    one-line errors) becomes a :class:`~rvgen.errors.PluginError` naming the plugin, its
+def call_plugin(entry: Entry, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, code of the plugin ``entry``: an exception it raises (not
+    rvgen's own one-line errors) becomes a :class:`~rvgen.errors.PluginError` naming the plugin, its
     distribution and ``what`` raised, so a recipe check never ends in an internal error. The
     built-ins' exceptions are rvgen's bugs and pass through."""
     try:
-        return function(*args)
+        return function(*args, **kwargs)
     except RvgenError:
         raise
     except Exception as exc:
@@ -69,6 +69,7 @@ def call_plugin(entry: Entry, what: str, function: Callable[..., Any], *args: An
         text = textwrap.shorten(" ".join(str(exc).split()), 200, placeholder="...")
         raise plugin_fault(entry, f"failed: its {what} raised {type(exc).__name__}" + (f": {text}" if text else "")
                            + "; fix the plugin") from exc
+
 
 OPTIMIZER_PARAMS = (
     Param("name", str, "lbfgs", "optimiser of the pixels", choices=("lbfgs", "adam")),
@@ -223,12 +224,16 @@ class Recipe:
         the losses, the backbone (built to the deepest layer used, stacked if asked) and the
         objective over them. References are not loaded here (see ``set_references``)."""
         registry = registry or get_registry()
-        task = self.build_task(registry)
-        terms = expand_blends(task.terms(), registry) + list(self.terms)
-        losses = [registry.get("loss", t.loss, "loss").cls(**self.losses.get(t.loss, {})) for t in terms]
+        task_entry = registry.get("task", self.task["name"], "task.name")
+        task = call_plugin(task_entry, "__init__()", self.build_task, registry)
+        terms = expand_blends(call_plugin(task_entry, "terms()", task.terms), registry) + list(self.terms)
+        losses = []
+        for term in terms:  # a plugin's exception names that plugin, whichever of them raised
+            entry = registry.get("loss", term.loss, "loss")
+            losses.append(call_plugin(entry, "__init__()", entry.cls, **self.losses.get(term.loss, {})))
         layers = {layer for t in terms for layer in t.layers}
-        backbone_cls = registry.get("backbone", self.backbone["name"], "backbone.name").cls
-        backbone = backbone_cls(self.options("backbone"), layers)
+        backbone_entry = registry.get("backbone", self.backbone["name"], "backbone.name")
+        backbone = call_plugin(backbone_entry, "__init__()", backbone_entry.cls, self.options("backbone"), layers)
         stacked.apply(backbone)
         objective = Objective(backbone.eval().requires_grad_(False), terms, losses)
         return Synthesizer(task, objective, self.optimizer, self.pyramid, self.execution, device,

@@ -570,3 +570,24 @@ def test_a_plugin_backbone_that_leaves_out_a_layer_or_needs_values_fails_at_pref
                           registry=registry)
     with pytest.raises(PluginError, match=rf"^backbone '{backbone}' \(.*BackbonePlugin\) (is at fault: )?{message}"):
         preflight(recipe, registry)
+
+
+def test_a_plugin_loss_that_raises_when_built_is_one_line_naming_it():
+    class Fragile(Scalar):
+        name = "fragile"
+
+        def __init__(self, **options):
+            super().__init__(**options)
+            raise OSError("lookup table missing")
+
+    class FragilePlugin:
+        @hookimpl
+        def register_losses(self, register):
+            register(Fragile)
+
+    registry = registry_with([FragilePlugin()])
+    recipe = parse_recipe({**_toml(TINY_RECONSTRUCT), "terms": [{"loss": "fragile", "layers": ["pixels"]}]},
+                          registry=registry)
+    with pytest.raises(PluginError, match=r"^loss 'fragile' \(.*FragilePlugin\) failed: its __init__\(\) raised "
+                                          r"OSError: lookup table missing; fix the plugin$"):
+        preflight(recipe, registry)
