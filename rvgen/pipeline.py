@@ -40,7 +40,7 @@ from rvgen.errors import ImageError, RecipeError, RvgenError
 from rvgen.plugins import BUILTIN_SOURCE, Registry, get_registry
 from rvgen.recipe import Overrides, Recipe, call_plugin, load_recipe, plugin_fault
 
-PROBE_SIDE = 32  # px: the random images a plugin loss is tried on before any work
+PROBE_SIDE = 32  # px: the random images a plugin's backbone, loss and task are tried on before any work
 
 ImageLike = Image.Image | torch.Tensor | str | Path
 

@@ -12,9 +12,10 @@ A job is finished when its output exists and its sidecar records the same recipe
 same input (sha256), the same reference images (the style image's sha256), the same
 variation and the same plugin versions (:func:`is_finished`); a changed recipe, input, style
 image or plugin version makes it unfinished again (a plugin's new version may compute
-another loss: rvgen cannot tell, so it redoes the result). Hashing every input on every run would read the whole folder, so an input whose size
-and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
-fields they do not check (``history``, ``loss``, ``versions``, ...).
+another loss: rvgen cannot tell, so it redoes the result). Hashing every input on every run
+would read the whole folder, so an input whose size and modification time match the
+sidecar's is taken to have the recorded hash. Readers ignore fields they do not check
+(``history``, ``loss``, ``versions``, ...).
 
 The image carries the sidecar's essentials too (:func:`provenance`: the version, the
 resolved recipe, its seeds, the input's hash, the losses), as text in the file
