@@ -366,7 +366,7 @@ def discover(entry_points: bool = True) -> Discovery:
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken plugin must not take the tool down
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the tool down (sys.exit too)
             found.broken.append(Broken(ep.name, dist, f"importing {ep.value} raised {_short(exc)}; fix it, or "
                                                       f"uninstall {ep.dist.name if ep.dist else ep.name}"))
             continue

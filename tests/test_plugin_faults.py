@@ -207,6 +207,14 @@ def test_a_plugin_that_does_not_import_stops_a_recipe_naming_what_it_may_provide
                           "uninstall rvgen-gone")
 
 
+def test_a_plugin_that_exits_while_imported_is_left_out_too(site, monkeypatch):
+    install(site, "quits", "import sys\nsys.exit(3)\n")
+    use(monkeypatch, "quits")
+    (broken,) = discover().registry().broken
+    assert broken.line == ("plugin 'quits' (rvgen-quits 1.0) is left out: importing rvgen_quits_plugin raised "
+                           "SystemExit: 3; fix it, or uninstall rvgen-quits")
+
+
 def test_rvgen_plugins_lists_the_plugins_left_out_with_their_problem(site, monkeypatch):
     for name, source in PLUGINS.items():
         install(site, name, source)
