@@ -99,7 +99,7 @@ def grey(image: torch.Tensor) -> torch.Tensor:
     return (image * weights).sum(1, keepdim=True).expand_as(image)
 
 
-@pytest.mark.slow  # about 30 s on 2 busy cores: pip and three fresh interpreters importing torch
+@pytest.mark.slow  # 50-60 s measured on 2 busy cores: pip, then three fresh interpreters importing torch
 def test_the_guides_package_installs_and_runs_from_the_command_line(tmp_path):
     paths = extract(tmp_path)
     site = tmp_path / "site"
