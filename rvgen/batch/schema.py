@@ -156,6 +156,7 @@ SIDECAR = {
     "precision?": str,
     "layout?": str,
     "versions?": Map(str),
+    "plugins?": Map(str),
     "clip?": {  # a clip's (rvgen.batch.clip)
         "frames": int, "shots?": List(int), "fps?": NUMBER, "duration?": NUMBER, "made?": int,
         "flicker?": {"result": NUMBER, "input": NUMBER, "ratio?": Opt(NUMBER), "frames?": List(List(NUMBER, 3))},

@@ -5,14 +5,17 @@ first, then the sidecar, so a sidecar is only ever beside a complete image). The
 records the input, the variation, the recipe (its digest and resolved settings), the
 reference images' hashes, the losses (``loss``: initial, final and per term; ``history``:
 a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
-the torch threads, which a CPU result depends on) and the versions.
+the torch threads, which a CPU result depends on), the versions, and the distributions and
+versions of the plugins whose task, backbone or losses the recipe uses (``plugins``).
 
 A job is finished when its output exists and its sidecar records the same recipe digest, the
-same input (sha256), the same reference images (the style image's sha256) and the same
-variation (:func:`is_finished`); a changed recipe, input or style image makes it unfinished
-again. Hashing every input on every run would read the whole folder, so an input whose size
-and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
-fields they do not check (``history``, ``loss``, ``versions``, ...).
+same input (sha256), the same reference images (the style image's sha256), the same
+variation and the same plugin versions (:func:`is_finished`); a changed recipe, input, style
+image or plugin version makes it unfinished again (a plugin's new version may compute
+another loss: rvgen cannot tell, so it redoes the result). Hashing every input on every run
+would read the whole folder, so an input whose size and modification time match the
+sidecar's is taken to have the recorded hash. Readers ignore fields they do not check
+(``history``, ``loss``, ``versions``, ...).
 
 The image carries the sidecar's essentials too (:func:`provenance`: the version, the
 resolved recipe, its seeds, the input's hash, the losses), as text in the file
@@ -76,13 +79,14 @@ class RunKey:
     precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
     layout: str = field(default="auto", compare=False)  # and its optimizer.layout
     threads: int | None = field(default=None, compare=False)  # torch threads of this run's CPU images
+    plugins: Mapping[str, str] = field(default_factory=dict)  # plugin distribution -> version (Recipe.plugins)
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
-           layout: str = "auto") -> RunKey:
+           layout: str = "auto", plugins: Mapping[str, str] | None = None) -> RunKey:
         ordered = dict(sorted(references.items()))
         return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
-                   layout)
+                   layout, plugins=dict(sorted((plugins or {}).items())))
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -106,6 +110,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
         "seconds": round(result.seconds, 3),
         "device": device,
         "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "plugins": dict(key.plugins),
     }
     if threads is not None:
         data["threads"] = threads
@@ -116,7 +121,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
 PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
-                     "seconds", "device", "threads", "precision", "layout", "versions")
+                     "seconds", "device", "threads", "precision", "layout", "versions", "plugins")
 
 
 def seeds(resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,7 +211,8 @@ def _same_input(recorded: Mapping[str, Any], source: str) -> bool:
 
 
 def is_finished(job: Job, key: RunKey) -> bool:
-    """True when ``job``'s output and sidecar exist and were made by this recipe from this input."""
+    """True when ``job``'s output and sidecar exist and were made by this recipe from this input,
+    with the same plugin versions."""
     try:
         if job.output.stat().st_size == 0:
             return False
@@ -219,6 +225,7 @@ def is_finished(job: Job, key: RunKey) -> bool:
         data["recipe"]["digest"] == key.recipe
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
+        and dict(data.get("plugins", {})) == dict(key.plugins)
         and _same_numerics(data, key)
         and _same_input(data["input"], job.source)
     )
