@@ -4,10 +4,13 @@ A clip job (:attr:`~rvgen.batch.jobs.Job.clip`) is made frame by frame (Ruder, D
 Brox 2016, "Artistic style transfer for videos"). The input's frames are decoded at the
 output size; scene cuts split them into shots. The first frame of a shot is painted as an
 image, with the recipe's own schedule. Every later frame starts from the previous result
-warped into it by the input's optical flow, everywhere (pixels the flow cannot follow too:
-starting those from the photo left patches of photo that a few iterations do not paint, and
-the Gram distance of the test clip's frames to the painting rose 3.5-fold), and is
-optimised at the output size for ``video.iterations`` with one term more, ``temporal``:
+warped into it by the input's optical flow; a pixel the flow cannot follow (a disocclusion,
+what enters at an edge) starts from this frame's own picture plus the previous result's
+painting of its picture (result minus input), warped. (From the photo alone, those pixels
+stayed patches of photo that a few iterations do not paint: the test clip's Gram distance to
+the painting rose 3.5-fold. From the previous result warped alone, a moving object dragged a
+trail of itself and the edges smeared.) The frame is optimised at the output size for
+``video.iterations`` with one term more, ``temporal``:
 ``video.temporal_weight`` times the mean of ``c * (x - warped)**2``, ``c`` the reliability
 of the flow, the warped result a fixed target (:class:`rvgen.losses.builtin.TemporalLoss`).
 With ``video.long_term = [1, 2, 4]`` each pixel is held to the nearest of those earlier
@@ -242,9 +245,11 @@ class ClipMaker:
                                          iterations=self.video["first_frame_iterations"])
         else:
             guide = self.guide(index, results, flows)
-            nearest = min(flows)  # where no earlier frame sees a pixel, the nearest one's warp all the same
+            nearest = min(flows)
             weight = guide[:, 3:]
-            fill = warp(results[index - nearest], flows[nearest][0])
+            # Where no earlier frame sees a pixel: this frame's own picture with the nearest earlier
+            # frame's painting over its picture (result minus input), warped.
+            fill = content + warp(results[index - nearest] - inputs[index - nearest], flows[nearest][0])
             begin = (weight * guide[:, :3] + (1 - weight) * fill).clamp(0, 1)
             (outcome,) = synth.run_batch([content], [job.variation], report, starts=[begin], guides=[guide],
                                          iterations=self.video["iterations"])
