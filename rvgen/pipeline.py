@@ -94,6 +94,7 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
     ``optimizer.tile_size`` is a multiple of the stride of the deepest layer used (tiles
     start on that grid). A recipe that needs neither builds no network here."""
     references = load_references(recipe.references(registry))
+    recipe.build_task(registry).check_references(references)
     tile = recipe.execution.tile_size
     if not references and tile is None:
         return
@@ -109,6 +110,15 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
                              if name in synth.reference_names}, recipe.output["size"])
 
 
+def input_name(image: ImageLike) -> str:
+    """The name masks are found by for an input given to :meth:`Pipeline.run`: a file's name,
+    ``NAME.png`` for ``skimage:NAME`` (as ``rvgen run`` names it), empty for an image in memory."""
+    if isinstance(image, (str, Path)):
+        text = str(image)
+        return text[len(imageio.SAMPLE_PREFIX):] + ".png" if imageio.is_sample(text) else Path(text).name
+    return ""
+
+
 class Pipeline:
     """A recipe built on ``device``. ``references`` (name -> image tensor) skips reading the
     task's reference images from disk (a Dask worker gets them sent)."""
@@ -120,6 +130,7 @@ class Pipeline:
         self.device = self.synth.device
         if references is None:
             references = load_references(recipe.references(registry))
+        self.synth.task.check_references(references)
         self.synth.set_references(references)
         self.reference_shapes = {name: tuple(image.shape[-2:]) for name, image in references.items()
                                  if name in self.synth.reference_names}
@@ -176,6 +187,12 @@ class Pipeline:
                     "layers would fit)")
         return content
 
+    def guides(self, rel: str, content: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The guides (masks) of the input named ``rel`` (relative to ``--input``; a file's name
+        for a single image), given it loaded (:meth:`load`); ``None`` when the recipe uses
+        none. A mask that is missing or cannot be read is an :class:`~rvgen.errors.ImageError`."""
+        return self.synth.task.guides(rel, content) or None
+
     @staticmethod
     def alpha(image: ImageLike) -> Image.Image | None:
         """An input's alpha channel (mode ``L``, at its own size), or ``None`` when it is opaque
@@ -196,21 +213,26 @@ class Pipeline:
         variations: Sequence[int] | None = None,
         callback: Callable[[int, Progress], None] | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
+        guides: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> Iterator[tuple[int, Result | RvgenError]]:
         """``(index, Result or the error that ended it)`` for each of ``contents`` (loaded
-        with :meth:`load`), as each batch finishes. A stop raised by ``callback`` propagates."""
-        return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch)
+        with :meth:`load`; with ``guides``, each one's :meth:`guides`), as each batch
+        finishes. A stop raised by ``callback`` propagates."""
+        extra = {"guides": list(guides)} if guides is not None and any(g for g in guides) else {}
+        return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch, **extra)
 
     def run(self, images: Sequence[ImageLike], callback: Callable[[int, Progress], None] | None = None) -> list[Output]:
         """Every variation the recipe asks for of every image, in order (image by image, then
         variation). Raises the first image's :class:`~rvgen.errors.RvgenError`, if one fails."""
         contents = [self.load(image) for image in images]
+        guides = [self.guides(input_name(image), content) for image, content in zip(images, contents)]
         count = self.recipe.variations
         expanded = [c for c in contents for _ in range(count)]
         variations = [v for _ in contents for v in range(count)]
         alphas = [self.alpha(image) for image in images for _ in range(count)]
         outputs: list[Any] = [None] * len(expanded)
-        for index, outcome in self.results(expanded, variations, callback):
+        for index, outcome in self.results(expanded, variations, callback,
+                                           guides=[g for g in guides for _ in range(count)]):
             outputs[index] = outcome
         for outcome in outputs:
             if isinstance(outcome, RvgenError):

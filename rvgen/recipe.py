@@ -20,7 +20,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class Recipe:
             "optimizer": {**asdict(self.optimizer), **asdict(self.execution), **asdict(self.pyramid)},
             "output": self.output,
             "losses": self.losses,
-            "terms": [asdict(t) for t in self.terms],
+            "terms": [term_dict(t) for t in self.terms],
         }
 
     def to_toml(self) -> str:
@@ -215,6 +215,16 @@ class Recipe:
             table.pop(name, None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def term_dict(term: Term) -> dict[str, Any]:
+    """A ``[[terms]]`` term as the resolved recipe holds it: its fields, the guides left out
+    while unset (a recipe's terms take none; their digests stay as they were)."""
+    data = asdict(term)
+    for name in ("guide", "target_guide"):
+        if data[name] is None:
+            del data[name]
+    return data
 
 
 def depth(value: Any) -> int:
@@ -484,7 +494,7 @@ def expand_blends(terms: Sequence[Term], registry: Registry) -> list[Term]:
     out = []
     for term in terms:
         if term.blend and not registry.get("loss", term.loss, "loss").cls.blendable:
-            out += [Term(term.name, term.loss, term.layers, term.weight * share, name, term.weighting)
+            out += [replace(term, weight=term.weight * share, target=name, blend=())
                     for name, share in term.blend if share > 0]
         else:
             out.append(term)
@@ -497,6 +507,9 @@ def _check_term(term: Term, registry: Registry, where: str) -> None:
         raise RecipeError(f"{where}: {len(term.blend)} reference images for loss {term.loss!r}, which cannot blend them "
                           f"into one target (it does not declare blendable = True), so each is its own term: at most "
                           f"{MAX_UNBLENDED}; use fewer images or a blendable loss such as gram")
+    if (term.guide is not None or term.target_guide is not None) and not loss.guidable:
+        raise RecipeError(f"{where}: loss {term.loss!r} cannot take a mask (it does not declare guidable = True); "
+                          "use gram")
     if loss.needs_target and term.target is None:
         raise RecipeError(f"{where}.target: loss {term.loss!r} compares with an image; set target = \"input\"")
     if not loss.needs_target and term.target is not None:

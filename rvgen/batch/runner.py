@@ -39,7 +39,8 @@ def prepare(recipe: Recipe, registry: Registry | None = None) -> RunKey:
     run's key from the recipe and their hashes."""
     sources = {name: str(source) for name, (source, _) in recipe.references(registry).items()}
     preflight(recipe, registry)
-    return RunKey.of(recipe.digest(), sources, recipe.execution.precision, recipe.execution.layout)
+    return RunKey.of(recipe.digest(), sources, recipe.execution.precision, recipe.execution.layout,
+                     recipe.build_task(registry).guide_patterns())
 
 
 def run_jobs(

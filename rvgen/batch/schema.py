@@ -145,6 +145,7 @@ SIDECAR = {
     "recipe": {"source": str, "digest": str, "resolved": RESOLVED},
     "references?": Map(str),
     "reference_files?": Map(str),
+    "masks?": Map(str),
     "size?": List(int, 2),
     "loss?": LOSS,
     "history?": HISTORY,

@@ -3,14 +3,14 @@
 A result ``NAME.png`` has ``NAME.png.json`` beside it (:func:`write_result` writes the image
 first, then the sidecar, so a sidecar is only ever beside a complete image). The sidecar
 records the input, the variation, the recipe (its digest and resolved settings), the
-reference images' hashes, the losses (``loss``: initial, final and per term; ``history``:
+reference images' hashes, the hashes of the input's masks (``masks``), the losses (``loss``: initial, final and per term; ``history``:
 a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
 the torch threads, which a CPU result depends on) and the versions.
 
 A job is finished when its output exists and its sidecar records the same recipe digest, the
-same input (sha256), the same reference images (the style image's sha256) and the same
-variation (:func:`is_finished`); a changed recipe, input or style image makes it unfinished
-again. Hashing every input on every run would read the whole folder, so an input whose size
+same input (sha256), the same reference images (the style image's sha256), the same mask
+files of the input and the same variation (:func:`is_finished`); a changed recipe, input,
+style image or mask makes it unfinished again. Hashing every input on every run would read the whole folder, so an input whose size
 and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
 fields they do not check (``history``, ``loss``, ``versions``, ...).
 
@@ -45,6 +45,9 @@ from rvgen.engine import Result
 from rvgen.engine.precision import LEGACY_CPU, Numerics
 from rvgen.engine.precision import resolve as resolve_numerics
 from rvgen.recipe import Recipe
+from rvgen.tasks.masks import mask_path
+
+MISSING = "missing"  # a mask file's hash in the sidecar when there is none (mask_missing = "whole")
 
 
 def file_digest(source: str) -> str:
@@ -76,13 +79,23 @@ class RunKey:
     precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
     layout: str = field(default="auto", compare=False)  # and its optimizer.layout
     threads: int | None = field(default=None, compare=False)  # torch threads of this run's CPU images
+    guides: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (name, pattern) of each input's masks
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
-           layout: str = "auto") -> RunKey:
+           layout: str = "auto", guides: Mapping[str, str] | None = None) -> RunKey:
         ordered = dict(sorted(references.items()))
         return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
-                   layout)
+                   layout, guides=tuple(sorted((guides or {}).items())))
+
+    def masks(self, job: Job) -> dict[str, str]:
+        """The hash of each mask file ``job``'s input is styled by (``missing`` for one that is
+        not there), by name; empty when the recipe reads none."""
+        out = {}
+        for name, pattern in self.guides:
+            path = mask_path(pattern, job.rel)
+            out[name] = file_digest(str(path)) if path.is_file() else MISSING
+        return out
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -107,6 +120,9 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
         "device": device,
         "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    masks = key.masks(job)
+    if masks:
+        data["masks"] = masks
     if threads is not None:
         data["threads"] = threads
     if numerics is not None:
@@ -115,7 +131,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
 
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
-PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
+PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "masks", "size", "loss", "history", "iterations",
                      "seconds", "device", "threads", "precision", "layout", "versions")
 
 
@@ -219,6 +235,7 @@ def is_finished(job: Job, key: RunKey) -> bool:
         data["recipe"]["digest"] == key.recipe
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
+        and dict(data.get("masks", {})) == key.masks(job)
         and _same_numerics(data, key)
         and _same_input(data["input"], job.source)
     )

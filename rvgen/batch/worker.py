@@ -159,7 +159,9 @@ class Worker:
         report = self._reporter([job])
         try:
             content = self.pipeline.load(job.source)
-            result = self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress))
+            guides = self.pipeline.guides(job.rel, content)
+            result = self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress),
+                                             **({"guides": guides} if guides else {}))
         except (Stopped, KeyboardInterrupt):
             self.emit(ImageAbandoned(self.name, job))
             raise
@@ -174,15 +176,18 @@ class Worker:
         reason, its images are made one by one so the error lands on the image causing it."""
         if len(jobs) == 1:
             return self.make(jobs[0])
-        ready, contents = [], []
+        ready, contents, guides = [], [], []
         for job in jobs:
             try:
-                contents.append(self.pipeline.load(job.source))
+                content = self.pipeline.load(job.source)
+                guide = self.pipeline.guides(job.rel, content)
             except Exception as exc:
                 self.emit(ImageStarted(self.name, job))
                 self._fail(job, exc)
             else:
                 ready.append(job)
+                contents.append(content)
+                guides.append(guide)
         running: set[int] = set()
 
         def on_batch(chunk: list[int]) -> None:
@@ -193,7 +198,8 @@ class Worker:
         variations = [job.variation for job in ready]
         finished: set[int] = set()
         try:
-            for index, outcome in self.pipeline.results(contents, variations, self._reporter(ready), on_batch):
+            for index, outcome in self.pipeline.results(contents, variations, self._reporter(ready), on_batch,
+                                                        guides):
                 running.discard(index)
                 finished.add(index)
                 self._finish(ready[index], outcome)

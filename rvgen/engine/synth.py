@@ -15,10 +15,12 @@ exactly the single-scale objective.
 The task is used through ``canvas(content)`` (the result's size), ``init(content, shape,
 generator)`` (the starting image), and ``options["seed"]``, with which the starting image of
 variation ``k`` is drawn from a generator seeded ``seed + VARIATION_SEED_STRIDE * k``; and,
-where it has them, three optional members: ``adapted_references()`` names the references
+where it has them, four optional members: ``adapted_references()`` names the references
 that ``prepare_reference(name, image, content)`` adapts to each input (their targets are
-then computed per batch, one per image, rather than once per run), and ``finish(result,
-content)`` post-processes every result (and every snapshot) before it is handed out.
+then computed per batch, one per image, rather than once per run), ``finish(result,
+content)`` post-processes every result (and every snapshot) before it is handed out (given
+the input's guides as a third argument when it has some), and ``guide_mode`` says how
+guides (masks, :mod:`rvgen.engine.guides`) reach each layer.
 
 With ``snapshot_every = N`` (and a callback), every N-th iteration, counted over all pyramid
 levels, the progress carries the image there, at the canvas size and finished.
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from rvgen.engine import memory, precision
+from rvgen.engine.guides import resize_guide
 from rvgen.engine.objective import Objective
 from rvgen.engine.optimize import BatchCallback, Level, OptimizerConfig, Progress, Result, optimize_batch
 from rvgen.engine.precision import ExecutionConfig
@@ -61,6 +64,7 @@ class Synthesizer:
         self.optimizer, self.pyramid, self.execution = optimizer, pyramid, execution
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
+        self.objective.guide_mode = getattr(task, "guide_mode", "resize")
         self.numerics = precision.resolve(execution.precision, self.device, execution.layout)
         precision.configure_backends(self.device, self.numerics)
         precision.apply(self.objective, self.numerics)
@@ -121,9 +125,13 @@ class Synthesizer:
                                  for i in range(content.shape[0])])
                 for name, image in self._adapted.items()}
 
-    def _finish(self, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    def _finish(self, image: torch.Tensor, content: torch.Tensor,
+                guides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The task's ``finish`` of one result; with guides (an input's masks) it gets them too."""
         finish = getattr(self.task, "finish", None)
-        return image if finish is None else finish(image, content)
+        if finish is None:
+            return image
+        return finish(image, content, guides) if guides else finish(image, content)
 
     def _use_references(self, factor: float) -> None:
         """Put the reference targets of the pyramid level at ``factor`` in the objective."""
@@ -206,10 +214,13 @@ class Synthesizer:
         contents: Sequence[torch.Tensor],
         variations: Sequence[int] | None = None,
         callback: BatchCallback | None = None,
+        guides: Sequence[Mapping[str, torch.Tensor]] | None = None,
     ) -> list[Result | RvgenError]:
         """Make one result per content (each (1, 3, H, W) in [0, 1], all the same size, already
         at the output size), optimised together. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
+        ``guides``: one mapping per content of its guides (masks, (1, 1, h, w) in [0, 1], any
+        size), for terms with a ``guide`` (:mod:`rvgen.engine.guides`) and the task's ``finish``.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
         Each result's ``seconds`` is the whole batch's time (its images were made together);
         ``iterations`` and ``evaluations`` add up all levels; with a pyramid, ``initial_loss``
@@ -228,6 +239,7 @@ class Synthesizer:
             raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
+        guide_of = self._set_guides(guides, len(contents), tuple(content.shape[-2:]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
         factors = self.pyramid.levels(canvas, self.min_side)
         budgets = self.pyramid.budgets(len(factors), self.optimizer.iterations)
@@ -254,7 +266,8 @@ class Synthesizer:
             offset = sum(budgets[:level])
             report, snapshot_at = None, None
             if callback is not None:
-                report = _offset_callback(callback, offset, total, canvas, content, self._finish,
+                report = _offset_callback(callback, offset, total, canvas, content,
+                                          lambda i, image: self._finish(image, content[i : i + 1], guide_of(i)),
                                           (level + 1, len(factors), max(shape)))
                 if self.snapshot_every > 0:
                     every = self.snapshot_every
@@ -281,10 +294,29 @@ class Synthesizer:
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
             outcome.history = history[i]
-            outcome.image = self._finish(outcome.image, content[i : i + 1])
+            outcome.image = self._finish(outcome.image, content[i : i + 1], guide_of(i))
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
+
+    def _set_guides(self, guides: Sequence[Mapping[str, torch.Tensor]] | None, count: int,
+                    shape: tuple[int, int]) -> Callable[[int], dict[str, torch.Tensor]]:
+        """Hand a batch's guides to the objective, each resampled to the inputs' ``shape``;
+        returns image ``i``'s guides (for ``finish``)."""
+        if not guides:
+            if self.objective.guide_names:
+                raise ValueError(f"guides missing: {sorted(self.objective.guide_names)}")
+            self.objective.set_guides({})
+            return lambda i: {}
+        if len(guides) != count:
+            raise ValueError("one mapping of guides per content")
+        names = sorted(guides[0])
+        if any(sorted(g) != names for g in guides):
+            raise ValueError("every content of a batch needs the same guides")
+        stacked = {name: torch.cat([resize_guide(g[name].to(self.device, torch.float32), shape) for g in guides])
+                   for name in names}
+        self.objective.set_guides(stacked)
+        return lambda i: {name: g[i : i + 1] for name, g in stacked.items()}
 
     def _upsample(self, x: torch.Tensor, start: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """A coarser level's result ``x`` as the start of the level of ``shape``: upsampled and,
@@ -303,12 +335,16 @@ class Synthesizer:
         content: torch.Tensor,
         variation: int = 0,
         callback: Callable[[Progress], None] | None = None,
+        guides: Mapping[str, torch.Tensor] | None = None,
     ) -> Result:
-        """Make one result from ``content`` (1, 3, H, W) in [0, 1], already at the output size.
+        """Make one result from ``content`` (1, 3, H, W) in [0, 1], already at the output size
+        (with its ``guides``, if the objective uses some).
 
         Raises the :class:`~rvgen.errors.RvgenError` that ended it, if one did.
         """
-        (outcome,) = self.run_batch([content], [variation], None if callback is None else lambda i, p: callback(p))
+        extra = {} if guides is None else {"guides": [guides]}
+        (outcome,) = self.run_batch([content], [variation], None if callback is None else lambda i, p: callback(p),
+                                    **extra)
         if isinstance(outcome, RvgenError):
             raise outcome
         return outcome
@@ -317,12 +353,12 @@ class Synthesizer:
 def _offset_callback(callback: BatchCallback, offset: int, total: int, canvas: tuple[int, int],
                      content: torch.Tensor, finish: Callable, level: tuple[int, int, int]) -> BatchCallback:
     """Progress of one pyramid level (``level``: its index from 1, the count, its long side),
-    counted over all levels; a snapshot at the canvas size, finished."""
+    counted over all levels; a snapshot at the canvas size, finished (``finish(i, image)``)."""
 
     def report(i: int, p: Progress) -> None:
         image = p.image
         if image is not None:
-            image = finish(resize(image, canvas), content[i : i + 1])
+            image = finish(i, resize(image, canvas))
         callback(i, Progress(offset + p.iteration, total, p.loss, image, Level(*level, p.iteration, p.iterations)))
 
     return report

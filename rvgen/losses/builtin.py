@@ -57,6 +57,7 @@ class GramLoss(Loss):
     batched = True
     tiled = True
     blendable = True
+    guidable = True
 
     def prepare(self, features: torch.Tensor) -> Any:
         scale = image_scale(features)
