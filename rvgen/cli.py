@@ -478,6 +478,8 @@ def info(image: Path, as_json: bool) -> None:
     ]
     for name, digest in (data.get("references") or {}).items():
         lines.append(f"reference:  {name} (sha256 {digest})")
+    for name, digest in (data.get("masks") or {}).items():
+        lines.append(f"mask:       {name} " + ("(no file: styled whole)" if digest == "missing" else f"(sha256 {digest})"))
     if "final" in loss:
         terms = ", ".join(f"{k} {v:.4g}" for k, v in (loss.get("terms") or {}).items())
         lines.append(f"loss:       {loss.get('initial', float('nan')):.4g} -> {loss['final']:.4g}"
