@@ -362,6 +362,9 @@ def _recipe_reference(registry) -> str:
         for e in sorted(registry.entries[kind].values(), key=lambda e: e.name):
             lines += [heading.format(name=e.name), "", f"{cell(e.description).rstrip('.')}. From {e.source}.", ""]
             lines += table(e.params) if e.params else ["No options.", ""]
+            for p in e.params:
+                if p.fields:  # an array of tables: its keys
+                    lines += [f"Each `[[{kind}.{p.name}]]` table:", "", *table(p.fields)]
         return lines
 
     lines = [

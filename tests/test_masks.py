@@ -215,6 +215,8 @@ size = {SIZE}
     args = ["run", str(recipe), "-i", str(photo.parent), "-o", str(out)]
     assert CliRunner().invoke(cli, args).exit_code == 0
     recorded = json.loads((out / "cat.png.json").read_text())["masks"]
+    page = (out / "index.html").read_text()
+    assert page.count("<figcaption>mask</figcaption>") == 1 and "masks/cat.png" in page  # beside the result
     info = CliRunner().invoke(cli, ["info", str(out / "cat.png")])
     assert f"mask:       mask (sha256 {recorded['mask']})" in info.output
     again = CliRunner().invoke(cli, args)
@@ -295,3 +297,17 @@ def test_regions_from_a_label_image_each_take_their_own_painting(tmp_path, photo
                                                               ("region2", "region2", 40.0)]
     with pytest.raises(ImageError, match="label image not found"):
         task.guides("dog.png", imageio.load_image(str(photo)))
+
+
+def test_a_masked_texture_takes_its_statistics_from_the_masked_part_of_the_input(tmp_path):
+    torch.manual_seed(0)
+    photo = torch.zeros(1, 3, 32, 32)
+    photo[:, 0, :, :16] = 0.6 + 0.4 * torch.rand(32, 16)  # red noise on the left
+    photo[:, 2, :, 16:] = 0.6 + 0.4 * torch.rand(32, 16)  # blue noise on the right
+    path = tmp_path / "two.png"
+    imageio.to_pil(photo).save(path)
+    data = {"task": {"name": "texture", "layers": ["relu1_1", "relu2_1"], "mask_rule": "hue in 200..260"},
+            "optimizer": {"iterations": 12}, "output": {"size": 32}}
+    (out,) = Pipeline(parse_recipe(data)).run([str(path)])
+    red, blue = float(out.tensor[:, 0].mean()), float(out.tensor[:, 2].mean())
+    assert blue > 0.65 and red < 0.1, (red, blue)  # the blue half's texture only (unmasked: 0.51 and 0.33)

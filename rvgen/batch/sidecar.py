@@ -88,14 +88,15 @@ class RunKey:
         return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
                    layout, guides=tuple(sorted((guides or {}).items())))
 
+    def mask_files(self, job: Job) -> dict[str, Path]:
+        """The mask files ``job``'s input is styled by, by name (whether they exist or not)."""
+        return {name: mask_path(pattern, job.rel) for name, pattern in self.guides}
+
     def masks(self, job: Job) -> dict[str, str]:
         """The hash of each mask file ``job``'s input is styled by (``missing`` for one that is
         not there), by name; empty when the recipe reads none."""
-        out = {}
-        for name, pattern in self.guides:
-            path = mask_path(pattern, job.rel)
-            out[name] = file_digest(str(path)) if path.is_file() else MISSING
-        return out
+        return {name: file_digest(str(path)) if path.is_file() else MISSING
+                for name, path in self.mask_files(job).items()}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -123,6 +124,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
     masks = key.masks(job)
     if masks:
         data["masks"] = masks
+        data["mask_files"] = {name: str(path) for name, path in key.mask_files(job).items() if masks[name] != MISSING}
     if threads is not None:
         data["threads"] = threads
     if numerics is not None:
