@@ -157,17 +157,19 @@ def photo(tmp_path):
 
 def test_black_keeps_the_photo_white_equals_the_unmasked_run_and_half_keeps_half(tmp_path, photo):
     h, w = imageio.load_image(str(photo)).shape[-2:]
+    names = {"white": np.full((h, w), 255), "black": np.zeros((h, w)),
+             "half": half_mask(2 * h, 3 * w)}  # another size than the photo
+    for name, array in names.items():  # one copy of the photo per mask: one pipeline for all
+        (tmp_path / f"{name}.png").write_bytes(photo.read_bytes())
+        save_mask(tmp_path / "masks" / f"{name}.png", array)
+    pipe = Pipeline(style_recipe(mask=str(tmp_path / "masks" / "{stem}.png")))
+    white, black, half = (o.tensor for o in pipe.run([str(tmp_path / f"{name}.png") for name in names]))
     plain, content = masked_run(style_recipe(), photo)
-    save_mask(tmp_path / "white" / "cat.png", np.full((h, w), 255))
-    save_mask(tmp_path / "black" / "cat.png", np.zeros((h, w)))
-    save_mask(tmp_path / "half" / "cat.png", half_mask(2 * h, 3 * w))  # another size than the photo
-    white, _ = masked_run(style_recipe(mask=str(tmp_path / "white" / "{stem}.png")), photo)
-    black, _ = masked_run(style_recipe(mask=str(tmp_path / "black" / "{stem}.png")), photo)
-    half, _ = masked_run(style_recipe(mask=str(tmp_path / "half" / "{stem}.png"), feather=1.0), photo)
     assert torch.allclose(white, plain, atol=2e-5)
     assert torch.equal(black, content)
-    kept, styled = (slice(None), slice(None), slice(None), slice(0, w // 2 - 3)), \
-        (slice(None), slice(None), slice(None), slice(w // 2 + 3, None))
+    edge = 5  # the feathered edge: 3 px, reaching 4.5
+    kept, styled = (slice(None), slice(None), slice(None), slice(0, w // 2 - edge)), \
+        (slice(None), slice(None), slice(None), slice(w // 2 + edge, None))
     assert torch.allclose(half[kept], content[kept], atol=1e-6)
     assert (half[styled] - content[styled]).abs().mean() > 0.5 * (plain[styled] - content[styled]).abs().mean()
 
@@ -311,3 +313,25 @@ def test_a_masked_texture_takes_its_statistics_from_the_masked_part_of_the_input
     (out,) = Pipeline(parse_recipe(data)).run([str(path)])
     red, blue = float(out.tensor[:, 0].mean()), float(out.tensor[:, 2].mean())
     assert blue > 0.65 and red < 0.1, (red, blue)  # the blue half's texture only (unmasked: 0.51 and 0.33)
+
+
+@pytest.mark.slow
+def test_two_regions_each_come_closer_to_their_own_painting(tmp_path):
+    from pathlib import Path
+
+    from rvgen import metrics
+
+    styles = Path(__file__).resolve().parents[1] / "recipes" / "styles"
+    photo = write_sample(tmp_path / "cat.png", "chelsea", 96)
+    h, w = imageio.load_image(str(photo)).shape[-2:]
+    save_mask(tmp_path / "left" / "cat.png", 255 - half_mask(h, w))
+    save_mask(tmp_path / "right" / "cat.png", half_mask(h, w))
+    data = {"task": {"name": "style", "style_layers": LAYERS + ["relu4_1"], "style_weight": 30.0, "regions": [
+        {"mask": str(tmp_path / "left" / "{stem}.png"), "style": str(styles / "monet.jpg")},
+        {"mask": str(tmp_path / "right" / "{stem}.png"), "style": str(styles / "starry_night.jpg")}]},
+        "optimizer": {"iterations": 40}, "output": {"size": 96}}
+    (out,) = Pipeline(parse_recipe(data)).run([str(photo)])
+    monet, starry = (imageio.load_image(str(styles / name), 96) for name in ("monet.jpg", "starry_night.jpg"))
+    left, right = out.tensor[..., : w // 2 - 4], out.tensor[..., w // 2 + 4:]
+    assert metrics.gram_distance(left, monet) < metrics.gram_distance(left, starry)
+    assert metrics.gram_distance(right, starry) < metrics.gram_distance(right, monet)
