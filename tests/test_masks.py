@@ -48,6 +48,21 @@ def half_mask(h, w, value=255):
     return a
 
 
+def masked_recipe_file(tmp_path):
+    """A recipe file styling each input under tmp_path/masks/{stem}.png, quickly."""
+    return write_recipe(tmp_path / "r.toml", f"""
+[task]
+name = "style"
+style = "skimage:hubble_deep_field"
+style_layers = {json.dumps(LAYERS)}
+mask = "{tmp_path}/masks/{{stem}}.png"
+[optimizer]
+iterations = 2
+[output]
+size = {SIZE}
+""")
+
+
 def masked_run(recipe, photo_path):
     pipe = Pipeline(recipe)
     (out,) = pipe.run([str(photo_path)])
@@ -176,17 +191,7 @@ def test_black_keeps_the_photo_white_equals_the_unmasked_run_and_half_keeps_half
 
 def test_a_missing_mask_fails_that_image_with_one_line_and_whole_styles_it(tmp_path, photos):
     save_mask(tmp_path / "masks" / "cat.png", half_mask(SIZE, SIZE))  # trip/coffee.png has none
-    recipe = write_recipe(tmp_path / "r.toml", f"""
-[task]
-name = "style"
-style = "skimage:hubble_deep_field"
-style_layers = {json.dumps(LAYERS)}
-mask = "{tmp_path}/masks/{{stem}}.png"
-[optimizer]
-iterations = 2
-[output]
-size = {SIZE}
-""")
+    recipe = masked_recipe_file(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["run", str(recipe), "-i", str(photos), "-o", str(out)])
     assert result.exit_code == 1, result.output
@@ -202,17 +207,7 @@ size = {SIZE}
 
 def test_the_sidecar_and_info_record_the_mask_and_a_changed_mask_redoes_the_image(tmp_path, photo):
     mask = save_mask(tmp_path / "masks" / "cat.png", half_mask(SIZE, SIZE))
-    recipe = write_recipe(tmp_path / "r.toml", f"""
-[task]
-name = "style"
-style = "skimage:hubble_deep_field"
-style_layers = {json.dumps(LAYERS)}
-mask = "{tmp_path}/masks/{{stem}}.png"
-[optimizer]
-iterations = 2
-[output]
-size = {SIZE}
-""")
+    recipe = masked_recipe_file(tmp_path)
     out = tmp_path / "out"
     args = ["run", str(recipe), "-i", str(photo.parent), "-o", str(out)]
     assert CliRunner().invoke(cli, args).exit_code == 0

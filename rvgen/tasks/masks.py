@@ -137,22 +137,21 @@ class _Parser:
         return value
 
     def rule(self) -> Rule:
-        parts = [self.conjunction()]
-        while self.peek() == ("word", "or"):
-            self.pos += 1
-            parts.append(self.conjunction())
-        if len(parts) == 1:
-            return parts[0]
-        return lambda c, parts=parts: torch.stack([p(c) for p in parts]).amax(0)
+        """Conjunctions joined by ``or`` (the largest of them)."""
+        return self.joined("or", self.conjunction, torch.amax)
 
     def conjunction(self) -> Rule:
-        parts = [self.condition()]
-        while self.peek() == ("word", "and"):
+        """Conditions joined by ``and`` (the smallest of them): ``and`` binds before ``or``."""
+        return self.joined("and", self.condition, torch.amin)
+
+    def joined(self, word: str, part: Callable[[], Rule], combine: Callable) -> Rule:
+        parts = [part()]
+        while self.peek() == ("word", word):
             self.pos += 1
-            parts.append(self.condition())
+            parts.append(part())
         if len(parts) == 1:
             return parts[0]
-        return lambda c, parts=parts: torch.stack([p(c) for p in parts]).amin(0)
+        return lambda c: combine(torch.stack([p(c) for p in parts]), 0)
 
     def condition(self) -> Rule:
         token = self.peek()
