@@ -168,17 +168,21 @@ class Recipe:
     def files(self, registry: Registry | None = None) -> list[tuple[str, str]]:
         """(dotted key, path) of every file this recipe reads besides the inputs: the values of
         its ``path`` and ``images`` keys (a style image, each image of a style folder, an init
-        image, a weights file), keywords and scikit-image samples left out."""
+        image, a weights file) and the patterns of its per-input masks, also in tables such as
+        ``[[task.regions]]``; keywords and scikit-image samples left out."""
         registry = registry or get_registry()
         tables = [("task", self.task, registry.get("task", self.task["name"], "task.name").cls.params),
                   ("backbone", self.backbone, registry.get("backbone", self.backbone["name"], "backbone.name").cls.params)]
         tables += [(f"losses.{name}", options, registry.get("loss", name, f"losses.{name}").cls.params)
                    for name, options in self.losses.items()]
         found = []
-        for section, values, params in tables:
+        while tables:
+            section, values, params = tables.pop(0)
             for p in params:
                 value = values.get(p.name)
-                if p.kind not in ("path", "images") or value is None:
+                if p.kind == "tables" and value:  # [[task.regions]]: their files too, in order
+                    tables[:0] = [(f"{section}.{p.name}[{i}]", item, p.fields) for i, item in enumerate(value)]
+                if p.kind not in ("path", "images", "pattern") or value is None:
                     continue
                 for path in [value] if isinstance(value, str) else value:
                     if not (imageio.is_sample(path) or (p.choices and path in p.choices)):

@@ -153,6 +153,29 @@ def test_guided_terms_evaluate_the_same_in_tiles_per_image_and_in_a_batch():
     assert torch.allclose(obj.value_and_grad(x)[0], unguided.value_and_grad(x)[0], rtol=1e-5)
 
 
+def test_a_paintings_mask_takes_the_target_from_its_white_part_even_for_an_adapted_reference():
+    vgg = RandomVGG19(VGG, ["relu2_1"]).eval().requires_grad_(False)
+    term = Term("style", "gram", ("relu1_1", "relu2_1"), 1.0, "style", "equal", target_guide="style_mask")
+    obj = Objective(vgg, [term], [GramLoss()])
+    two = torch.zeros(1, 3, 32, 32)
+    two[:, 0, :, :16], two[:, 2, :, 16:] = 0.9, 0.9  # red | blue
+    right = torch.zeros(1, 3, 32, 32)
+    right[..., 16:] = 1
+    obj.set_targets({"style": two, "style_mask": right})
+    guided = obj.targets[(0, "relu2_1")][0]
+    obj.set_targets({"style": two})  # a reference adapted per input comes alone: the mask is kept
+    assert torch.equal(obj.targets[(0, "relu2_1")][0], guided)
+    plain = tiny_objective(guided=False)
+    grams = {}
+    for name, channel in (("red", 0), ("blue", 2)):
+        flat = torch.zeros(1, 3, 32, 32)
+        flat[:, channel] = 0.9
+        plain.set_targets({"style": flat})
+        grams[name] = plain.targets[(0, "relu2_1")][0]
+    to = {name: float((guided - g).norm() / g.norm()) for name, g in grams.items()}
+    assert to["blue"] < 0.25 < 1.0 < to["red"], to
+
+
 def test_feathering_fades_over_a_few_pixels_and_leaves_the_rest_exact():
     mask = torch.zeros(1, 1, 8, 40)
     mask[..., 20:] = 1

@@ -105,6 +105,7 @@ class Objective(nn.Module):
         self.guide_mode = "resize"
         """How guides reach each layer's grid: resize, inside or all (:func:`~rvgen.engine.guides.propagate`)."""
         self._guides: dict[str, torch.Tensor] = {}  # name -> (B, 1, H, W), one per image being optimised
+        self._reference_guides: dict[str, torch.Tensor] = {}  # the last seen of each reference that is a target guide
         self._guide_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layer_geometry: dict[str, tuple[int, int] | None] = {}
 
@@ -172,7 +173,10 @@ class Objective(nn.Module):
         term = self.terms[i]
         if term.target_guide is None:
             return {layer: feats[layer] for layer in term.layers}
-        guide = images.get(term.target_guide) if term.target != "input" else self._guides.get(term.target_guide)
+        # A reference's guide is a reference image (kept from the call that set it: an adapted
+        # reference comes alone); the input's is a guide of the input.
+        guide = (images.get(term.target_guide, self._reference_guides.get(term.target_guide))
+                 if term.target != "input" else self._guides.get(term.target_guide))
         if guide is None:
             raise ValueError(f"target guide {term.target_guide!r} of term {term.name!r} not set")
         if guide.shape[1] != 1:  # a reference image read as colour: its grey
@@ -200,6 +204,8 @@ class Objective(nn.Module):
         An image may be a batch (the inputs of a batch, one per image being optimised).
         """
         self._subset = None
+        guides = {t.target_guide for t in self.terms if t.target_guide is not None and t.target != "input"}
+        self._reference_guides.update({name: image for name, image in images.items() if name in guides})
         for name, image in images.items():
             idx = [i for i, t in enumerate(self.terms) if t.target == name and not t.blend]
             if not idx:
