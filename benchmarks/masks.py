@@ -13,9 +13,9 @@ and prints, for each masked run, the PSNR of the kept half against the photo (be
 feathered edge), the Gram distance of the styled half to the painting (on the independent
 evaluator network, :func:`rvgen.metrics.gram_distance`) next to the unmasked run's and the
 photo's own, the styled strip along the edge (the Gram distance of the 48 px next to it,
-which a mask that reaches the layers too narrowly leaves weaker), and the width of the
-transition (the columns over which the change from the photo rises from 10 % to 90 % of the
-styled half's). For the two regions, each half's distance to both paintings.
+which a mask that reaches the layers too narrowly leaves weaker), and the width of a band
+inside the edge that the style does not reach (columns changed less than half as much,
+relative to the unmasked run, as deep inside). For the two regions, each half's distance to both paintings.
 It writes docs/images/masked.jpg (photo, mask, unmasked, masked, two regions) and
 docs/images/mask_edge.jpg (the edge, 3x, for each propagation).
 """
@@ -36,6 +36,7 @@ from PIL import Image
 from rvgen import imageio, metrics
 from rvgen.pipeline import Pipeline
 from rvgen.recipe import parse_recipe
+from rvgen.tasks.builtin import MASK_PROPAGATION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +48,7 @@ OUT = ROOT / "rvgen-out" / "masks"
 PHOTO, SIZE, MARGIN = "skimage:chelsea", 384, 8  # MARGIN: px from the edge left out of "outside"
 MONET, STARRY = ROOT / "recipes/styles/monet.jpg", ROOT / "recipes/styles/starry_night.jpg"
 MODES = ("resize", "inside", "all")
+DEFAULT = MASK_PROPAGATION.default  # the sheet shows the results of the default
 
 
 def recipe(**task):
@@ -73,13 +75,13 @@ def profile(result: torch.Tensor, photo: torch.Tensor) -> np.ndarray:
     return (result - photo).abs().mean(dim=(0, 1, 2)).numpy()
 
 
-def transition(change: np.ndarray, edge: int) -> int:
-    """Columns from 10 % to 90 % of the styled half's mean change, around the edge."""
-    level = change[edge + 48:].mean()
-    window = change[edge - 32:edge + 48]
-    low = int(np.argmax(window > 0.1 * level))
-    high = int(np.argmax(window > 0.9 * level))
-    return max(0, high - low)
+def weak_band(change: np.ndarray, plain: np.ndarray, edge: int) -> int:
+    """Columns inside the edge (of the first 64) where the masked run changed the photo less than
+    half as much, relative to the unmasked run, as it does deep inside: the width of a band the
+    style does not reach (a halo of the photo), 0 when it reaches the edge."""
+    ratio = np.convolve(change, np.ones(4) / 4, "same") / np.maximum(np.convolve(plain, np.ones(4) / 4, "same"), 1e-6)
+    deep = float(np.median(ratio[edge + 64:]))
+    return int((ratio[edge:edge + 64] < 0.5 * deep).sum())
 
 
 def main() -> None:
@@ -110,25 +112,31 @@ def main() -> None:
             "psnr_outside": metrics.psnr(result[outside], photo[outside]),
             "gram_inside": metrics.gram_distance(result[inside], monet),
             "gram_strip": metrics.gram_distance(result[strip], monet),
-            "transition_px": transition(profile(result, photo), edge),
+            "weak_band_px": weak_band(profile(result, photo), profile(unmasked, photo), edge),
         }
-    regions = recipe(style=None, regions=[
-        {"mask": str(masks / "left.png"), "style": str(MONET)},
-        {"mask": str(masks / "right.png"), "style": str(STARRY)},
-    ])
-    two = run("two-regions", regions)
     left = (slice(None), slice(None), slice(None), slice(None, edge - MARGIN))
-    figures["two_regions"] = {
-        "left_to_monet": metrics.gram_distance(two[left], monet),
-        "left_to_starry": metrics.gram_distance(two[left], starry),
-        "right_to_monet": metrics.gram_distance(two[inside], monet),
-        "right_to_starry": metrics.gram_distance(two[inside], starry),
-    }
+    two = {}
+    for mode in ("resize", "all"):  # inside leaves a band unstyled at the edge (see above): not run
+        regions = recipe(style=None, mask_propagation=mode, regions=[
+            {"mask": str(masks / "left.png"), "style": str(MONET)},
+            {"mask": str(masks / "right.png"), "style": str(STARRY)},
+        ])
+        two[mode] = run("two-regions" if mode == "resize" else f"two-regions-{mode}", regions)
+        figures[f"two_regions_{mode}"] = {
+            "left_to_monet": metrics.gram_distance(two[mode][left], monet),
+            "left_to_starry": metrics.gram_distance(two[mode][left], starry),
+            "right_to_monet": metrics.gram_distance(two[mode][inside], monet),
+            "right_to_starry": metrics.gram_distance(two[mode][inside], starry),
+        }
+    figures["photo"].update(left_to_monet=metrics.gram_distance(photo[left], monet),
+                            left_to_starry=metrics.gram_distance(photo[left], starry),
+                            right_to_monet=metrics.gram_distance(photo[inside], monet),
+                            right_to_starry=metrics.gram_distance(photo[inside], starry))
     print(json.dumps(figures, indent=2))
     (OUT / "figures.json").write_text(json.dumps(figures, indent=2))
 
     pil = [imageio.to_pil(t) for t in (photo, torch.from_numpy(half / 255.0).float().expand(1, 3, h, w),
-                                       unmasked, results["resize"], two)]
+                                       unmasked, results[DEFAULT], two[DEFAULT])]
     sheet = Image.new("RGB", (sum(p.width for p in pil) + 6 * (len(pil) - 1), h), "white")
     x = 0
     for p in pil:
