@@ -56,7 +56,8 @@ MASK_MISSING = Param("mask_missing", str, "fail", "an input without its mask fil
                      digest_neutral=True)
 MASK_PROPAGATION = Param("mask_propagation", str, "resize", "how a mask reaches each layer: resize (its mean over "
                          "each position's cell), inside (positions whose receptive field lies inside it) or all "
-                         "(positions whose receptive field touches it)", choices=MODES, digest_neutral=True)
+                         "(positions whose receptive field touches it; inside and all need a backbone that declares its geometry, the "
+                         "VGGs: others resize)", choices=MODES, digest_neutral=True)
 
 
 def tv_term(weight: float) -> list[Term]:
@@ -186,7 +187,14 @@ class Style(Task):
     (for a squared distance, the sum of the distances to each image is, up to a constant,
     the distance to their mean), so a folder costs about one image and is weighted once. A
     style loss that is not ``blendable`` gets one term per image instead, each with its
-    share of ``style_weight``. The images are named ``style``, ``style2``, ... as references."""
+    share of ``style_weight``. The images are named ``style``, ``style2``, ... as references.
+
+    With a mask (``mask``, a file per input; ``mask_rule``, a rule on the photo) the style
+    term compares guided Gram matrices under it (:mod:`rvgen.engine.guides`) and
+    :meth:`finish` puts the photo back where the mask is black, through the mask feathered
+    by ``feather`` pixels. With ``regions`` each region is a style term of its own, guided by
+    its mask, against its own painting (``region1``, ``region1_2``, ... as references; its
+    ``style_mask`` is ``region1_mask``); ``style``, if set, styles what no region covers."""
 
     name = "style"
     description = "content of the input, Gram statistics of a style image (Gatys et al.)"
