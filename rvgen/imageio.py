@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError, features
 
-from rvgen.errors import ImageError, RecipeError
+from rvgen.errors import ImageError, RecipeError, RvgenError
 
 # The formats a folder run picks up, by extension: those photos and pictures are kept in,
 # each only where this Pillow has its decoder (WebP, JPEG 2000 and AVIF need optional
@@ -83,14 +83,13 @@ def is_sample(source: str | Path) -> bool:
     return isinstance(source, str) and source.startswith(SAMPLE_PREFIX)
 
 
-def check_sample(source: str, key: str) -> None:
+def check_sample(source: str, key: str, error: type[RvgenError] = RecipeError) -> None:
+    """Raise ``error`` (one line, led by ``key``) unless ``source`` names one of :data:`SAMPLES`."""
     name = source[len(SAMPLE_PREFIX):]
     if name not in SAMPLES:
         from rvgen.params import suggest
 
-        raise RecipeError(
-            f"{key}: unknown sample image {name!r}{suggest(name, SAMPLES)}; samples: {', '.join(SAMPLES)}"
-        )
+        raise error(f"{key}: unknown sample image {name!r}{suggest(name, SAMPLES)}; samples: {', '.join(SAMPLES)}")
 
 
 @contextmanager
@@ -122,6 +121,7 @@ def _open(source: str | Path | BinaryIO, name: str | None = None) -> Image.Image
     if isinstance(source, (str, Path)) and is_sample(source):
         from skimage import data
 
+        check_sample(str(source), str(label), ImageError)
         name = str(source)[len(SAMPLE_PREFIX):]
         return Image.fromarray(np.asarray(getattr(data, name)()))
     with _reading(label), Image.open(source) as img:

@@ -6,19 +6,28 @@ any number of images through the engine in batches (the batch-size rule of
 :meth:`rvgen.engine.Synthesizer.batch_size`, with the out-of-memory fallback); ``rvgen
 run``'s workers and ``rvgen compare`` both go through it. From Python::
 
-    from rvgen import Pipeline
+    import rvgen
 
-    pipe = Pipeline.from_recipe("recipes/starry_night.toml", ["output.size=128"])
-    (out,) = pipe.run([PIL.Image.open("photo.jpg")])  # an RGBA input gives an RGBA out.image
+    out = rvgen.stylize("photo.jpg", "painting.jpg", size=384)  # one call, the common options
     out.image.save("painted.png"); print(out.loss, out.parts)
+
+    pipe = rvgen.Pipeline.from_recipe("starry_night", {"output.size": 128})  # built once
+    outs = pipe.run([PIL.Image.open("photo.jpg"), "skimage:chelsea"])  # an RGBA input gives an RGBA image
+    for i, out in enumerate(outs):  # a failed image says why in its place; the others survive
+        if out.ok:
+            out.image.save(f"painted-{i}.png")
+        else:
+            print(out.error)
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -28,7 +37,7 @@ from rvgen.engine import Progress, Result, iter_with_fallback
 from rvgen.engine.pyramid import scaled
 from rvgen.errors import ImageError, RecipeError, RvgenError
 from rvgen.plugins import Registry
-from rvgen.recipe import Recipe, load_recipe
+from rvgen.recipe import Overrides, Recipe, load_recipe
 
 ImageLike = Image.Image | torch.Tensor | str | Path
 
@@ -46,6 +55,7 @@ class Output:
     seconds: float
     history: list[tuple[int, float]] = field(default_factory=list)
     variation: int = 0
+    ok: ClassVar[bool] = True
 
     @classmethod
     def of(cls, result: Result, variation: int = 0, alpha: Image.Image | None = None) -> Output:
@@ -56,6 +66,27 @@ class Output:
             image.putalpha(alpha.resize(image.size, Image.Resampling.LANCZOS) if alpha.size != image.size else alpha)
         return cls(image, tensor, result.loss, result.initial_loss, dict(result.parts),
                    result.iterations, result.seconds, list(result.history), variation)
+
+
+@dataclass
+class Failure:
+    """An image that gave no result, in :meth:`Pipeline.run`'s list where its :class:`Output`
+    would be: ``error`` says why, in one line. Reading its ``image`` or ``tensor`` raises it."""
+
+    error: RvgenError
+    variation: int = 0
+    ok: ClassVar[bool] = False
+
+    @property
+    def image(self) -> Image.Image:
+        raise self.error
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        raise self.error
+
+    def __str__(self) -> str:
+        return str(self.error)
 
 
 def load_references(sources: Mapping[str, tuple[str, int]]) -> dict[str, torch.Tensor]:
@@ -137,10 +168,12 @@ class Pipeline:
         check_references(self.synth, self.reference_shapes, self.size)
 
     @classmethod
-    def from_recipe(cls, recipe: str | Path, overrides: Sequence[str] = (), device: str = "cpu",
+    def from_recipe(cls, recipe: str | Path, overrides: Overrides = (), device: str = "cpu",
                     registry: Registry | None = None) -> Pipeline:
-        """Load a recipe file with ``KEY=VALUE`` overrides (as ``--set``) and build it."""
-        return cls(load_recipe(recipe, overrides, registry), device, registry)
+        """A recipe file or a shipped recipe's name (``"starry_night"``), with ``overrides``
+        (``["output.size=384"]`` as ``--set`` takes them, ``{"output.size": 384}`` or
+        ``{"output": {"size": 384}}``), built on ``device``."""
+        return cls(load_recipe(recipe, overrides, registry, flag="overrides"), device, registry)
 
     @property
     def size(self) -> int:
@@ -154,12 +187,7 @@ class Pipeline:
         if isinstance(image, Image.Image):
             return self.check_size(imageio.from_pil(image, self.size))
         if isinstance(image, torch.Tensor):
-            t = image.detach().float().cpu()
-            t = t.unsqueeze(0) if t.dim() == 3 else t
-            if t.dim() != 4 or t.shape[:2] != (1, 3):
-                raise ImageError(f"expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
-            return self.check_size(imageio.from_pil(imageio.to_pil(t), self.size) if max(t.shape[-2:]) != self.size
-                                   else t)
+            return self.check_size(resize(_as_batch(image).clamp(0, 1), self.size))
         return self.check_size(imageio.load_image(image, self.size))
 
     @property
@@ -221,20 +249,124 @@ class Pipeline:
         extra = {"guides": list(guides)} if guides is not None and any(g for g in guides) else {}
         return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch, **extra)
 
-    def run(self, images: Sequence[ImageLike], callback: Callable[[int, Progress], None] | None = None) -> list[Output]:
+    def run(self, images: Sequence[ImageLike], callback: Callable[[int, Progress], None] | None = None, *,
+            raise_errors: bool = False) -> list[Output | Failure]:
         """Every variation the recipe asks for of every image, in order (image by image, then
-        variation). Raises the first image's :class:`~rvgen.errors.RvgenError`, if one fails."""
-        contents = [self.load(image) for image in images]
-        guides = [self.guides(input_name(image), content) for image, content in zip(images, contents)]
+        variation). An image that cannot be read or made gives a :class:`Failure` in its
+        places, saying why, and the others go on; with ``raise_errors`` the first image's
+        :class:`~rvgen.errors.RvgenError` is raised instead, once every image is done."""
         count = self.recipe.variations
-        expanded = [c for c in contents for _ in range(count)]
-        variations = [v for _ in contents for v in range(count)]
-        alphas = [self.alpha(image) for image in images for _ in range(count)]
-        outputs: list[Any] = [None] * len(expanded)
-        for index, outcome in self.results(expanded, variations, callback,
-                                           guides=[g for g in guides for _ in range(count)]):
-            outputs[index] = outcome
-        for outcome in outputs:
-            if isinstance(outcome, RvgenError):
-                raise outcome
-        return [Output.of(result, variation, alpha) for result, variation, alpha in zip(outputs, variations, alphas)]
+        places: list[Output | Failure | None] = []
+        contents, variations, alphas, guides, slots = [], [], [], [], []
+        for image in images:
+            try:
+                content, alpha = self.load(image), self.alpha(image)
+                guide = self.guides(input_name(image), content)  # masks found by the file's name
+            except RvgenError as exc:
+                places += [Failure(exc, v) for v in range(count)]
+                continue
+            for v in range(count):
+                slots.append(len(places))
+                places.append(None)
+                contents.append(content)
+                variations.append(v)
+                alphas.append(alpha)
+                guides.append(guide)
+        for index, outcome in self.results(contents, variations, callback, guides=guides):
+            v = variations[index]
+            places[slots[index]] = (Failure(outcome, v) if isinstance(outcome, RvgenError)
+                                    else Output.of(outcome, v, alphas[index]))
+        if raise_errors:
+            for place in places:
+                if isinstance(place, Failure):
+                    raise place.error
+        return places
+
+
+def resize(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] with its long side at ``long_side``, at full precision (antialiased
+    bicubic, as a tensor: no 8-bit rounding on the way)."""
+    h, w = image.shape[-2:]
+    if max(h, w) == long_side:
+        return image
+    width, height = imageio.fit_long_side((w, h), long_side)
+    return torch.nn.functional.interpolate(image, size=(height, width), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(0, 1)
+
+
+Painting = str | Path | Image.Image | torch.Tensor
+
+
+def stylize(
+    photo: ImageLike,
+    painting: Painting | Sequence[str | Path] | None = None,
+    *,
+    recipe: str | Path = "starry_night",
+    size: int | None = None,
+    style_weight: float | None = None,
+    content_weight: float | None = None,
+    tv_weight: float | None = None,
+    iterations: int | None = None,
+    colors: str | None = None,
+    init: str | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    overrides: Overrides = (),
+    callback: Callable[[Progress], None] | None = None,
+) -> Output:
+    """``photo`` painted in the style of ``painting``, in one call: the path ``rvgen run`` takes.
+
+    ``painting`` is a file, ``skimage:NAME``, a list of files (blended), a PIL image or a
+    (3, H, W) / (1, 3, H, W) tensor in [0, 1]; None keeps the recipe's own painting.
+    ``recipe`` (a shipped name or a file) gives every setting not named here; the keyword
+    options set the common keys: ``size`` (``output.size``, the long side in pixels),
+    ``style_weight``, ``content_weight``, ``tv_weight``, ``colors`` (``"style"``,
+    ``"content"`` or ``"match"``), ``init`` (``"content"``, ``"noise"`` or a file) — all
+    ``task.*`` — ``iterations`` (``optimizer.iterations``: at full size, after the coarser
+    levels of the recipe's pyramid) and ``seed`` (``backbone.seed``: which random network).
+    ``overrides`` sets any other key as :meth:`Pipeline.from_recipe` takes them; ``callback``
+    is called with the engine's :class:`~rvgen.engine.Progress` as the optimisation goes.
+    Raises the image's one-line :class:`~rvgen.errors.RvgenError` if it fails.
+    """
+    from rvgen.recipe import override_items
+
+    keys: dict[str, Any] = dict(override_items(overrides, "overrides"))
+    named = {"output.size": size, "task.style_weight": style_weight, "task.content_weight": content_weight,
+             "task.tv_weight": tv_weight, "task.colors": colors, "task.init": init,
+             "optimizer.iterations": iterations, "backbone.seed": seed}
+    keys.update({key: value for key, value in named.items() if value is not None})
+    progress = None if callback is None else (lambda _index, p: callback(p))
+    with _painting_file(painting) as style:
+        if style is not None:
+            keys["task.style"] = style
+        pipe = Pipeline.from_recipe(recipe, keys, device)
+    (out,) = pipe.run([photo], progress, raise_errors=True)
+    return out
+
+
+@contextmanager
+def _painting_file(painting: Painting | Sequence[str | Path] | None) -> Iterator[str | list[str] | None]:
+    """``task.style`` for ``painting``: files as absolute paths; an image in memory written to a
+    temporary PNG that lives while the pipeline reads it."""
+    if painting is None or isinstance(painting, (str, Path)):
+        yield None if painting is None else _style_path(painting)
+    elif isinstance(painting, (Image.Image, torch.Tensor)):
+        with tempfile.TemporaryDirectory(prefix="rvgen-") as folder:
+            path = Path(folder) / "painting.png"
+            image = painting if isinstance(painting, Image.Image) else imageio.to_pil(_as_batch(painting))
+            image.save(path)
+            yield str(path)
+    else:
+        yield [_style_path(p) for p in painting]
+
+
+def _style_path(source: str | Path) -> str:
+    return str(source) if imageio.is_sample(source) else str(Path(source).expanduser().resolve())
+
+
+def _as_batch(image: torch.Tensor) -> torch.Tensor:
+    t = image.detach().float().cpu()
+    t = t.unsqueeze(0) if t.dim() == 3 else t
+    if t.dim() != 4 or t.shape[:2] != (1, 3):
+        raise ImageError(f"expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
+    return t

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from rvgen.engine.synth import VARIATION_SEED_STRIDE
 from rvgen.errors import RecipeError
 from rvgen.params import MAX_SIZE, REQUIRED, SEED_RANGE, Context, Param, describe, suggest, unknown, validate
 from rvgen.plugins import Registry, get_registry
+from rvgen.shipped import resolve as resolve_recipe
 
 MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
 MAX_DEPTH = 32  # how deeply a recipe's tables and arrays may nest
@@ -67,7 +68,7 @@ OPTIMIZER_PARAMS = (
     Param("batch_size", int, None, "images optimised at once (default: as many as fit in free memory on a GPU, "
           "one at a time on a CPU)", minimum=1, maximum=1024, nullable=True),
     Param("scales", int, 1, "levels of the multi-scale pyramid, each 1/scale_step the size of the next; 1 = single "
-          "scale",
+          "scale up to 1024 px (a larger image still starts from coarser levels, halving down to 1024 px)",
           minimum=1, maximum=16),
     Param("min_size", int, 64, "smallest long side of a pyramid level in pixels", minimum=8, maximum=MAX_SIZE),
     Param("scale_iterations", int, None, "iterations at each level below the output size: one number for all, or "
@@ -304,35 +305,72 @@ def parse_value(text: str, key: str = "value") -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], frozenset[str]]:
-    """Apply ``key.path=value`` overrides; returns the new data and the keys set."""
-    data = copy.deepcopy(data)
-    keys = set()
+Overrides = Sequence[str] | Mapping[str, Any]
+"""Recipe overrides: ``KEY=VALUE`` strings (as ``--set``), a dict of dotted keys
+(``{"output.size": 384}``) or a nested dict (``{"output": {"size": 384}}``)."""
+
+
+def override_items(overrides: Overrides, flag: str = "--set") -> list[tuple[str, Any]]:
+    """``overrides`` as (dotted key, value) pairs in order: strings are parsed as ``--set``
+    parses them (TOML values, else text); a dict's values are taken as they are, and a
+    nested dict stands for the dotted keys under it."""
+    if isinstance(overrides, Mapping):
+        return list(_flatten(overrides, "", flag))
+    if isinstance(overrides, (str, bytes)):
+        raise RecipeError(f"{flag}: expected a list of KEY=VALUE strings or a dict, got one string "
+                          f"{overrides!r}; wrap it in a list")
+    items = []
     for item in overrides:
+        if not isinstance(item, str):
+            raise RecipeError(f"{flag} {item!r}: expected a KEY=VALUE string (or give a dict of keys)")
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.iterations=50")
+            raise RecipeError(f"{flag} {item!r}: expected KEY=VALUE, e.g. optimizer.iterations=50")
+        items.append((key, parse_value(text.strip(), key)))
+    return items
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str, flag: str) -> Iterator[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not key.strip():
+            raise RecipeError(f"{flag}: keys are dotted names such as 'output.size', got {key!r}")
+        path = f"{prefix}{key.strip()}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, path + ".", flag)
+        else:
+            yield path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Overrides, flag: str = "--set") -> tuple[dict[str, Any], frozenset[str]]:
+    """Apply overrides (see :data:`Overrides`); returns the new data and the keys set.
+    ``flag`` names them in errors: ``--set`` on the command line, ``overrides`` in Python."""
+    data = copy.deepcopy(data)
+    keys = set()
+    for key, value in override_items(overrides, flag):
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
-        node[parts[-1]] = parse_value(text.strip(), key)
+                raise RecipeError(f"{flag} {key}: {'.'.join(parts[: i + 1])} is not a table")
+        node[parts[-1]] = copy.deepcopy(value)
         keys.add(key)
     return data, frozenset(keys)
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Recipe:
-    path = Path(path)
-    data, cwd_keys = read_recipe_data(path, overrides)
+def load_recipe(recipe: str | Path, overrides: Overrides = (), registry: Registry | None = None,
+                flag: str = "--set") -> Recipe:
+    """A recipe file, or a shipped recipe by name (``"starry_night"``, see ``rvgen recipes``),
+    with overrides applied (see :data:`Overrides`), validated."""
+    path = resolve_recipe(recipe)
+    data, cwd_keys = read_recipe_data(path, overrides, flag)
     return parse_recipe(data, base_dir=path.resolve().parent, registry=registry, cwd_keys=cwd_keys,
                         source=str(path))
 
 
-def read_recipe_data(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], frozenset[str]]:
-    """A recipe file's TOML with ``--set`` overrides applied, not yet validated, and the keys set."""
+def read_recipe_data(path: Path, overrides: Overrides = (), flag: str = "--set") -> tuple[dict[str, Any], frozenset[str]]:
+    """A recipe file's TOML with overrides applied, not yet validated, and the keys set."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -343,7 +381,7 @@ def read_recipe_data(path: Path, overrides: Sequence[str] = ()) -> tuple[dict[st
         data = _loads(text, str(path))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
-    return apply_overrides(data, overrides)
+    return apply_overrides(data, overrides, flag)
 
 
 def _name(table: Mapping[str, Any], section: str, default: str | None = None) -> str:

@@ -223,7 +223,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_summary(tmp_path, sig, code, nam
     proc.send_signal(sig)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == code, text
-    assert f"interrupted ({name}): 0 done, 0 failed, 4 not started" in text
+    assert f"interrupted ({name}): 0 done, 0 failed, {workers} abandoned, {4 - workers} not started" in text
     assert "abandoned:" in text and "Traceback" not in text
     end = events(log)[-1]
     assert end["event"] == "run_end" and end["exit_code"] == code and end["signal"] == name

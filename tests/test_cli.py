@@ -236,7 +236,7 @@ def test_interrupting_a_batch_keeps_finished_outputs_and_exits_130(tmp_path, pho
     result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\nlayer = "relu1_1"\n', 2, 16),
                  "-i", photos, "-o", out, "--workers", "1")  # one worker, in this process
     assert result.exit_code == 130
-    assert "interrupted (SIGINT): 1 done, 0 failed, 1 not started" in result.output
+    assert "interrupted (SIGINT): 1 done, 0 failed, 1 abandoned in" in result.output
     assert "abandoned: trip/coffee.png" in result.output
     assert (out / "cat.png").is_file() and (out / "cat.png.json").is_file()
     assert not (out / "trip").exists() and not list(out.rglob("*.tmp"))

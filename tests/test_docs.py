@@ -108,3 +108,53 @@ def test_doc_links_point_at_files():
             if target == "docs/architecture.md":  # written separately
                 continue
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def command_lines(text: str) -> list[str]:
+    """Each ``rvgen ...`` command written in ``text``'s code blocks (indented continuation lines
+    of a usage joined, shell lines split at ``&&`` and ``;``, comments and variables dropped)
+    and inline code."""
+    commands: list[str] = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL):
+        for line in block.splitlines():
+            if re.match(r"\s+[\[-]", line) and commands and commands[-1] is not None:
+                commands[-1] += " " + line.strip()
+                continue
+            commands.append(None)  # a line that is no rvgen command ends the one before
+            for part in re.split(r"&&|;|\s#|\s{3,}", line):
+                words = [w for w in part.split() if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+                if words and words[0].rsplit("/", 1)[-1] == "rvgen":
+                    commands.append(" ".join(["rvgen", *words[1:]]))
+    commands += re.findall(r"`(rvgen [^`]+)`", text)
+    return [c for c in commands if c is not None]
+
+
+def test_every_command_and_flag_the_docs_write_exists():
+    """README.md and docs/*.md name no command or flag that rvgen lacks (e.g. ``rvgen run -v``:
+    ``-v`` belongs before the command)."""
+    known: dict[str, set[str]] = {}
+    for name, command in cli.commands.items():
+        known[name] = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("-")}
+    top = {opt for p in cli.params for opt in p.opts} | {"-h", "--help"}
+    checked = 0
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in command_lines(page.read_text()):
+            words = [w.strip("[]|,") for w in line.replace("|", " ").split()[1:]]
+            while words and words[0] in top:
+                words.pop(0)
+            if not words or words[0].startswith("-") or words[0] not in known and words[0][:1].isupper():
+                continue  # `rvgen --version`, `rvgen COMMAND`
+            assert words[0] in known, f"{page.name}: `{line}`: rvgen has no command {words[0]!r}"
+            flags = {w.split("=")[0] for w in words[1:] if re.fullmatch(r"--?[a-z][a-z-]*(=\S*)?", w)}
+            wrong = flags - known[words[0]] - {"-h", "--help"}
+            assert not wrong, f"{page.name}: `{line}`: rvgen {words[0]} has no {', '.join(sorted(wrong))}"
+            checked += 1
+    assert checked > 20
+
+
+def test_architecture_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "rvgen").rglob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py") and f"`{path.name}`" not in text
+               and f"`{path.relative_to(ROOT / 'rvgen')}`" not in text and f"`rvgen/{path.relative_to(ROOT / 'rvgen')}`" not in text]
+    assert not missing, f"docs/architecture.md does not name {', '.join(missing)}"

@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 from conftest import psnr, sample, write_recipe, write_sample
 
+import rvgen
 from rvgen import Pipeline, imageio
 from rvgen.cli import cli
 from rvgen.errors import ImageError, RecipeError
@@ -53,12 +54,41 @@ def test_variations_come_back_in_order_and_differ(tmp_path):
     assert not torch.equal(outs[0].tensor, outs[1].tensor)
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
+def test_a_failed_image_says_why_in_its_place_and_the_others_survive(tmp_path):
     pipe = Pipeline.from_recipe(write_recipe(tmp_path / "r.toml", RECONSTRUCT))
-    with pytest.raises(ImageError, match=r"expected a \(3, H, W\) or \(1, 3, H, W\) tensor"):
-        pipe.run([torch.rand(4, 8, 8)])
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ImageError):
-        pipe.run([tmp_path / "broken.jpg"])
+    bad_shape, good, broken, unknown = pipe.run([torch.rand(4, 8, 8), sample("coffee", 40), tmp_path / "broken.jpg",
+                                                 "skimage:nope"])
+    assert good.ok and psnr(good.tensor, sample("coffee", 40)) > 25
+    assert not (bad_shape.ok or broken.ok or unknown.ok)
+    assert "expected a (3, H, W) or (1, 3, H, W) tensor" in str(bad_shape)
+    assert isinstance(broken.error, ImageError) and "broken.jpg" in str(broken) and "\n" not in str(broken)
+    assert "unknown sample image 'nope'" in str(unknown.error)
+    with pytest.raises(ImageError, match="unknown sample image 'nope'"):
+        unknown.image  # using a failure's image raises its error
+    with pytest.raises(ImageError, match="not an image"):
+        pipe.run([sample("coffee", 40), tmp_path / "broken.jpg"], raise_errors=True)
     with pytest.raises(RecipeError, match="optimizer.iterations: expected int"):
         Pipeline.from_recipe(tmp_path / "r.toml", ["optimizer.iterations=many"])
+
+
+def test_a_tensor_is_resized_at_full_precision():
+    pipe = Pipeline.from_recipe("reconstruct", {"output": {"size": 32}})
+    fine = torch.linspace(0, 1 / 255, 64).expand(1, 3, 64, 64)  # levels finer than 8 bits
+    loaded = pipe.load(fine)
+    assert loaded.shape == (1, 3, 32, 32)
+    assert len(torch.unique(loaded)) > 8  # 8-bit rounding would leave 0 and 1/255 only
+
+
+def test_stylize_in_one_call_with_keyword_options(tmp_path):
+    photo, painting = sample("chelsea", 48), sample("brick", 48)
+    steps = []
+    out = rvgen.stylize(photo, imageio.to_pil(painting), size=48, iterations=4, style_weight=50.0,
+                        overrides={"optimizer": {"scales": 1}}, callback=steps.append)
+    assert out.ok and out.tensor.shape == (1, 3, 32, 48) and out.loss < out.initial_loss
+    assert steps and steps[-1].iteration == 4
+    same = rvgen.stylize(photo, imageio.to_pil(painting), size=48, iterations=4, style_weight=50.0,
+                         overrides=["optimizer.scales=1"])
+    assert torch.equal(out.tensor, same.tensor)  # the keywords are the recipe keys they name
+    with pytest.raises(RecipeError, match="task.colors"):
+        rvgen.stylize(photo, painting, colors="sepia")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import write_recipe, write_sample
 
-from rvgen.errors import RecipeError
+from rvgen.errors import RecipeError, UsageError
 from rvgen.recipe import apply_overrides, load_recipe, parse_recipe, parse_value
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -134,8 +134,20 @@ def test_invalid_toml_and_missing_recipe_are_one_line(tmp_path):
     path = write_recipe(tmp_path / "bad.toml", "[task\nname = 1\n")
     with pytest.raises(RecipeError, match=r"bad\.toml: invalid TOML"):
         load_recipe(path)
-    with pytest.raises(RecipeError, match="recipe not found"):
+    with pytest.raises(UsageError, match=r"nope\.toml: no such file and no shipped recipe"):
         load_recipe(tmp_path / "nope.toml")
+
+
+def test_python_takes_shipped_names_and_overrides_as_strings_or_dicts():
+    by_name = load_recipe("starry_night", ["output.size=96", "optimizer.iterations=7"])
+    assert by_name.source.endswith("starry_night.toml")
+    dotted = load_recipe("starry_night", {"output.size": 96, "optimizer.iterations": 7})
+    nested = load_recipe("starry_night.toml", {"output": {"size": 96}, "optimizer": {"iterations": 7}})
+    assert by_name.digest() == dotted.digest() == nested.digest() != load_recipe("starry_night").digest()
+    with pytest.raises(RecipeError, match=r"^output\.size: expected int"):
+        load_recipe("starry_night", {"output": {"size": "big"}}, flag="overrides")
+    with pytest.raises(RecipeError, match=r"^overrides: expected a list of KEY=VALUE strings or a dict"):
+        load_recipe("starry_night", "output.size=96", flag="overrides")
 
 
 def test_explicit_layer_weights_must_cover_the_layers():

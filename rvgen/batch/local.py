@@ -143,8 +143,6 @@ def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Seq
     """All of ``jobs`` with one loky process per worker, taking jobs from one queue."""
     from multiprocessing.managers import SyncManager
 
-    from joblib import Parallel, delayed
-
     manager = SyncManager()
     manager.start(child_init)  # Ctrl-C reaches the whole process group; the parent decides
     try:
@@ -153,67 +151,84 @@ def run_processes(recipe: Recipe, key: RunKey, jobs: Sequence[Job], workers: Seq
             job_queue.put(job)
         for _ in workers:
             job_queue.put(None)
-        local: queue.Queue = queue.Queue()
-        pool_done = threading.Event()
-        failures: list[BaseException] = []
-
-        def pool() -> None:
-            try:
-                Parallel(n_jobs=len(workers), backend="loky")(
-                    delayed(process_main)(recipe, key, w.device, w.name, w.threads, job_queue, event_queue, stop,
-                                          keep_images)
-                    for w in workers
-                )
-            except BaseException as exc:  # a worker process died (kill -9, out of host memory)
-                failures.append(exc)
-            finally:
-                pool_done.set()
-
-        def forward() -> None:
-            """Move events from the manager's queue to ours, so signals never cut a read short.
-            Every event a worker sent is in the queue before its task returns, so an empty
-            queue once the pool is done means there are no more."""
-            while True:
-                finished = pool_done.is_set()
-                try:
-                    local.put(event_queue.get(timeout=0.1))
-                except queue.Empty:
-                    if finished:
-                        break
-                except (EOFError, OSError):  # the manager is gone
-                    break
-            local.put(POOL_DONE)
-
-        threading.Thread(target=pool, name="rvgen-pool", daemon=True).start()
-        threading.Thread(target=forward, name="rvgen-events", daemon=True).start()
-        deadline = killed = None
-        with stop_signals(raising=False) as signals:  # nothing is raised here: signals are read between events
-            while True:
-                now = time.monotonic()
-                if signals.count and deadline is None:
-                    tracker.summary.signal = signals.first
-                    deadline = now + GRACE_SECONDS
-                    try:
-                        stop.set()
-                    except (EOFError, OSError):  # the manager is gone: there is nobody to tell
-                        pass
-                if killed is None and (signals.count > 1 or (deadline is not None and now > deadline)):
-                    kill_workers()  # asked twice (or the grace is over): stop now
-                    killed = now
-                if killed is not None and now - killed > KILL_WAIT_SECONDS:
-                    break
-                try:
-                    event = local.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    continue
-                if isinstance(event, str) and event == POOL_DONE:
-                    break
-                tracker(event)
+        pool = _Pool(recipe, key, workers, job_queue, event_queue, stop, keep_images)
+        _follow(pool, tracker)
         tracker.abandon_current()
-        if failures and tracker.summary.signal is None:
-            exc = failures[0]
+        if pool.failures and tracker.summary.signal is None:
+            exc = pool.failures[0]
             tracker.summary.problems.append(
                 f"a worker process died ({type(exc).__name__}); the images it and the others were on "
                 "are not written; rerun to finish")
     finally:
         manager.shutdown()
+
+
+class _Pool:
+    """The worker processes, run by joblib in a thread, and a second thread that moves their
+    events from the manager's queue to :attr:`events`, so signals never cut a read short."""
+
+    def __init__(self, recipe: Recipe, key: RunKey, workers: Sequence[WorkerSpec], jobs: Any, events: Any,
+                 stop: Any, keep_images: bool):
+        self.stop = stop
+        self.events: queue.Queue = queue.Queue()
+        self.failures: list[BaseException] = []
+        self._done = threading.Event()
+        calls = [(recipe, key, w.device, w.name, w.threads, jobs, events, stop, keep_images) for w in workers]
+        threading.Thread(target=self._run, args=(calls,), name="rvgen-pool", daemon=True).start()
+        threading.Thread(target=self._forward, args=(events,), name="rvgen-events", daemon=True).start()
+
+    def _run(self, calls: list[tuple]) -> None:
+        from joblib import Parallel, delayed
+
+        try:
+            Parallel(n_jobs=len(calls), backend="loky")(delayed(process_main)(*args) for args in calls)
+        except BaseException as exc:  # a worker process died (kill -9, out of host memory)
+            self.failures.append(exc)
+        finally:
+            self._done.set()
+
+    def _forward(self, events: Any) -> None:
+        """Every event a worker sent is in the queue before its task returns, so an empty queue
+        once the pool is done means there are no more; then :data:`POOL_DONE`."""
+        while True:
+            finished = self._done.is_set()
+            try:
+                self.events.put(events.get(timeout=0.1))
+            except queue.Empty:
+                if finished:
+                    break
+            except (EOFError, OSError):  # the manager is gone
+                break
+        self.events.put(POOL_DONE)
+
+    def ask_to_stop(self) -> None:
+        try:
+            self.stop.set()
+        except (EOFError, OSError):  # the manager is gone: there is nobody to tell
+            pass
+
+
+def _follow(pool: _Pool, tracker: Tracker) -> None:
+    """Hand the pool's events to ``tracker`` until it is done, reading signals between events
+    (nothing is raised here): the first asks the workers to stop and gives them
+    :data:`GRACE_SECONDS`; a second, or the grace running out, kills them."""
+    deadline = killed = None
+    with stop_signals(raising=False) as signals:
+        while True:
+            now = time.monotonic()
+            if signals.count and deadline is None:
+                tracker.summary.signal = signals.first
+                deadline = now + GRACE_SECONDS
+                pool.ask_to_stop()
+            if killed is None and (signals.count > 1 or (deadline is not None and now > deadline)):
+                kill_workers()  # asked twice (or the grace is over): stop now
+                killed = now
+            if killed is not None and now - killed > KILL_WAIT_SECONDS:
+                return
+            try:
+                event = pool.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if isinstance(event, str) and event == POOL_DONE:
+                return
+            tracker(event)

@@ -76,6 +76,8 @@ def duration(seconds: float) -> str:
 
 def summary_line(summary: Summary) -> str:
     parts = [f"{len(summary.done)} done", f"{len(summary.failed)} failed"]
+    if summary.abandoned:
+        parts.append(f"{len(summary.abandoned)} abandoned")
     if summary.not_started:
         parts.append(f"{summary.not_started} not started")
     if summary.skipped:
@@ -129,7 +131,7 @@ class _Base:
             self.say(event.details)
 
     def finish(self, summary: Summary) -> None:
-        bad = summary.failed or summary.interrupted or summary.problems or summary.not_started
+        bad = summary.failed or summary.interrupted or summary.problems or summary.unfinished
         self.say(summary_line(summary), "bold red" if bad else "bold green")
         for job, reason in summary.failed:
             self.say(f"  {shown(job.rel)}: {shown(reason)}", "red")
@@ -319,7 +321,7 @@ class JsonLogReporter:
 
     def finish(self, summary: Summary) -> None:
         self.write("run_end", exit_code=summary.exit_code, done=len(summary.done), failed=len(summary.failed),
-                   not_started=summary.not_started, already_done=summary.skipped, seconds=round(summary.seconds, 3),
+                   abandoned=len(summary.abandoned), not_started=summary.not_started, already_done=summary.skipped, seconds=round(summary.seconds, 3),
                    signal=signal.Signals(summary.signal).name if summary.signal else None,
                    failures=[{**_job(job), "reason": reason} for job, reason in summary.failed],
                    problems=summary.problems)

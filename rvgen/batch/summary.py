@@ -45,7 +45,13 @@ class Summary:
 
     @property
     def not_started(self) -> int:
-        return self.total - len(self.done) - len(self.failed)
+        """Jobs no worker took: neither finished nor abandoned part way."""
+        return self.total - len(self.done) - len(self.failed) - len(self.abandoned)
+
+    @property
+    def unfinished(self) -> int:
+        """Jobs without a result: abandoned part way or not started."""
+        return len(self.abandoned) + self.not_started
 
     @property
     def interrupted(self) -> bool:
@@ -55,7 +61,7 @@ class Summary:
     def exit_code(self) -> int:
         if self.signal is not None:
             return EXIT_FOR_SIGNAL.get(self.signal, 128 + int(self.signal))
-        return 1 if self.failed or self.not_started else 0
+        return 1 if self.failed or self.unfinished else 0
 
 
 class Reporter(Protocol):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rvgen.batch.sidecar import read_sidecar
-from rvgen.compare.report import mean_std, result_path
+from rvgen.compare.outputs import mean_std, result_path
 from rvgen.compare.results import Comparison
 from rvgen.report.page import GENERATOR, STYLE, curve, link, thumbnail
 from rvgen.report.thumbs import Thumbnails

@@ -159,143 +159,177 @@ def batched_lbfgs(
     ``on_iteration(b, state, point)`` is called after each of image b's iterations, with the
     row it moved to (a view, valid during the call: copy it to keep it).
     """
-    b, n = x0.shape
-    dev = x0.device
-    max_evaluations = max_evaluations or iterations * (2 if line_search else 1) + 1
-    states = [ImageState() for _ in range(b)]
-    x = x0.detach().clone()
-    d = torch.zeros_like(x)
-    prev_g = torch.zeros_like(x)
-    s_hist = torch.zeros(b, history, n, device=dev, dtype=x.dtype)
-    y_hist = torch.zeros(b, history, n, device=dev, dtype=x.dtype)
-    rho = torch.zeros(b, history, device=dev, dtype=x.dtype)
-    h_diag = torch.ones(b, device=dev, dtype=x.dtype)
-    rows = torch.arange(b, device=dev)
+    solver = _Batch(evaluate, x0, history)
+    limits = _Limits(iterations, lr, line_search, tolerance,
+                     max_evaluations or iterations * (2 if line_search else 1) + 1)
+    while True:
+        starting = [i for i, st in enumerate(solver.states) if st.phase == "new"]
+        if starting:
+            solver.start_iterations(starting, limits)
+        active = [st.phase in ("search", "reeval") for st in solver.states]
+        if not any(active):
+            break
+        trial, f_new, g_new = solver.evaluate_trials(active)
+        values = torch.stack([f_new.detach().to(solver.x.dtype), (g_new * solver.d).sum(1)]).tolist()
+        take = torch.zeros(solver.b, dtype=torch.bool)  # rows whose evaluated point becomes the iterate
+        for i, st in enumerate(solver.states):
+            if active[i] and _advance(st, values[0][i], values[1][i], limits):
+                take[i] = True
+                if on_iteration is not None:
+                    on_iteration(i, st, trial[i])
+        if take.any():
+            rows_taken = take.to(solver.dev).unsqueeze(1)
+            solver.x = torch.where(rows_taken, trial, solver.x)
+            solver.g = torch.where(rows_taken, g_new, solver.g)
+    return solver.x, solver.states
 
-    f, g = evaluate(x, None)
-    g = g.detach().clone()
-    for i, (st, value) in enumerate(zip(states, f.tolist())):
-        st.loss = st.initial_loss = value
-        st.evaluations = 1
-        if not math.isfinite(value):
-            st.phase, st.error = "done", f"the loss became {value} at iteration 1"
 
-    def take_history(mask: list[int]) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    """The settings of one :func:`batched_lbfgs` call."""
+
+    iterations: int
+    lr: float
+    line_search: bool
+    tolerance: float
+    max_evaluations: int
+
+
+class _Batch:
+    """The batched vectors of B images' L-BFGS: iterates, gradients, directions, histories."""
+
+    def __init__(self, evaluate: Evaluate, x0: torch.Tensor, history: int):
+        self.evaluate, self.history = evaluate, history
+        self.b, n = x0.shape
+        self.dev = dev = x0.device
+        self.states = [ImageState() for _ in range(self.b)]
+        self.x = x = x0.detach().clone()
+        self.d = torch.zeros_like(x)
+        self.prev_g = torch.zeros_like(x)
+        self.s_hist = torch.zeros(self.b, history, n, device=dev, dtype=x.dtype)
+        self.y_hist = torch.zeros(self.b, history, n, device=dev, dtype=x.dtype)
+        self.rho = torch.zeros(self.b, history, device=dev, dtype=x.dtype)
+        self.h_diag = torch.ones(self.b, device=dev, dtype=x.dtype)
+        self.rows = torch.arange(self.b, device=dev)
+        f, g = evaluate(x, None)
+        self.g = g.detach().clone()
+        for st, value in zip(self.states, f.tolist()):
+            st.loss = st.initial_loss = value
+            st.evaluations = 1
+            if not math.isfinite(value):
+                st.phase, st.error = "done", f"the loss became {value} at iteration 1"
+
+    def take_history(self, mask: list[int]) -> None:
         """Store (s, y) of the images in ``mask`` that just took a step (after their first)."""
+        states, dev = self.states, self.dev
         idx = [i for i in mask if states[i].iterations > 1]
         if not idx:
             return
         ix = torch.tensor(idx, device=dev)
-        s = d[ix] * torch.tensor([states[i].accepted for i in idx], device=dev, dtype=x.dtype).unsqueeze(1)
-        y = g[ix] - prev_g[ix]
+        s = self.d[ix] * torch.tensor([states[i].accepted for i in idx], device=dev, dtype=self.x.dtype).unsqueeze(1)
+        y = self.g[ix] - self.prev_g[ix]
         ys, yy = (y * s).sum(1), (y * y).sum(1)
         for k, (i, ys_i) in enumerate(zip(idx, ys.tolist())):
             st = states[i]
             if ys_i > CURVATURE_EPS:
-                s_hist[i, st.head], y_hist[i, st.head], rho[i, st.head] = s[k], y[k], 1.0 / ys[k]
-                h_diag[i] = ys[k] / yy[k]
-                st.head = (st.head + 1) % history
-                st.history = min(st.history + 1, history)
+                self.s_hist[i, st.head], self.y_hist[i, st.head], self.rho[i, st.head] = s[k], y[k], 1.0 / ys[k]
+                self.h_diag[i] = ys[k] / yy[k]
+                st.head = (st.head + 1) % self.history
+                st.history = min(st.history + 1, self.history)
 
-    def two_loop() -> torch.Tensor:
+    def two_loop(self) -> torch.Tensor:
         """-H g for every row, with each row's own history (newest pair first)."""
-        q = -g
-        depth = max(st.history for st in states)
+        rows, rho, s_hist, y_hist = self.rows, self.rho, self.s_hist, self.y_hist
+        q = -self.g
+        depth = max(st.history for st in self.states)
         alphas, slots = [], []
         for j in range(depth):
-            slot = [(st.head - 1 - j) % history if j < st.history else -1 for st in states]
-            valid = torch.tensor([s >= 0 for s in slot], device=dev, dtype=x.dtype)
-            pick = torch.tensor([max(s, 0) for s in slot], device=dev)
+            slot = [(st.head - 1 - j) % self.history if j < st.history else -1 for st in self.states]
+            valid = torch.tensor([s >= 0 for s in slot], device=self.dev, dtype=self.x.dtype)
+            pick = torch.tensor([max(s, 0) for s in slot], device=self.dev)
             slots.append((pick, valid))
             a = (s_hist[rows, pick] * q).sum(1) * rho[rows, pick] * valid
             q = q - a.unsqueeze(1) * y_hist[rows, pick]
             alphas.append(a)
-        r = q * h_diag.unsqueeze(1)
+        r = q * self.h_diag.unsqueeze(1)
         for j in reversed(range(depth)):
             pick, valid = slots[j]
             beta = (y_hist[rows, pick] * r).sum(1) * rho[rows, pick] * valid
             r = r + s_hist[rows, pick] * (alphas[j] - beta).unsqueeze(1)
         return r
 
-    while True:
-        starting = [i for i, st in enumerate(states) if st.phase == "new"]
-        if starting:
-            for i in starting:
-                states[i].iterations += 1
-            take_history(starting)
-            direction = two_loop()
-            first = [i for i in starting if states[i].iterations == 1]
-            mask = torch.zeros(b, dtype=torch.bool, device=dev)
-            mask[starting] = True
-            d = torch.where(mask.unsqueeze(1), direction, d)
-            if first:
-                d[first] = -g[first]
-            prev_g = torch.where(mask.unsqueeze(1), g, prev_g)
-            stats = torch.stack([(g * d).sum(1), d.abs().amax(1), g.abs().sum(1)]).tolist()
-            for i in starting:
-                st = states[i]
-                gtd, d_norm, g_sum = stats[0][i], stats[1][i], stats[2][i]
-                if not gtd < 0:  # not a descent direction (a zero gradient: already optimal)
-                    st.phase, st.iterations = "done", st.iterations - 1
-                    continue
-                t = min(1.0, 1.0 / g_sum) * lr if st.iterations == 1 else lr
-                if line_search:
-                    st.search = strong_wolfe(st.loss, gtd, t, d_norm)
-                    st.step = next(st.search)
-                else:
-                    st.step = t
-                st.phase = "search"
-        active = [st.phase in ("search", "reeval") for st in states]
-        if not any(active):
-            break
-        steps = torch.tensor([st.step if a else 0.0 for st, a in zip(states, active)], device=dev, dtype=x.dtype)
-        trial = x + steps.unsqueeze(1) * d
-        if all(active):
-            f_new, g_new = evaluate(trial, None)
-        else:  # only the images still optimising; the others' rows stay as they are
-            live = [i for i, a in enumerate(active) if a]
-            index = torch.tensor(live, device=dev)
-            f_live, g_live = evaluate(trial.index_select(0, index), live)
-            f_new = torch.zeros(b, device=dev, dtype=f_live.dtype).index_copy(0, index, f_live.detach())
-            g_new = torch.zeros_like(g).index_copy(0, index, g_live)
-        values = torch.stack([f_new.detach().to(x.dtype), (g_new * d).sum(1)]).tolist()
-        take = torch.zeros(b, dtype=torch.bool)  # rows whose evaluated point becomes the iterate
-        for i, st in enumerate(states):
-            if not active[i]:
+    def start_iterations(self, starting: list[int], limits: _Limits) -> None:
+        """A new direction and the first trial step for each image in ``starting``."""
+        states = self.states
+        for i in starting:
+            states[i].iterations += 1
+        self.take_history(starting)
+        direction = self.two_loop()
+        first = [i for i in starting if states[i].iterations == 1]
+        mask = torch.zeros(self.b, dtype=torch.bool, device=self.dev)
+        mask[starting] = True
+        self.d = torch.where(mask.unsqueeze(1), direction, self.d)
+        if first:
+            self.d[first] = -self.g[first]
+        self.prev_g = torch.where(mask.unsqueeze(1), self.g, self.prev_g)
+        stats = torch.stack([(self.g * self.d).sum(1), self.d.abs().amax(1), self.g.abs().sum(1)]).tolist()
+        for i in starting:
+            st = states[i]
+            gtd, d_norm, g_sum = stats[0][i], stats[1][i], stats[2][i]
+            if not gtd < 0:  # not a descent direction (a zero gradient: already optimal)
+                st.phase, st.iterations = "done", st.iterations - 1
                 continue
-            value, gtd = values[0][i], values[1][i]
-            st.evaluations += 1
-            if not math.isfinite(value):
-                st.phase, st.error = "done", f"the loss became {value} at iteration {st.iterations}"
-                continue
-            if st.phase == "search" and st.search is not None:
-                try:
-                    st.step = st.search.send((value, gtd))
-                    continue
-                except StopIteration as stop:
-                    accepted = stop.value
-                if accepted == 0.0:  # no decrease along d: stay (and stop, as torch does)
-                    st.accepted = 0.0
-                    st.phase = "done"
-                    continue
-                if accepted != st.step:  # an earlier trial point: evaluate it again
-                    st.step, st.phase = accepted, "reeval"
-                    continue
-            st.accepted = st.step
-            st.loss = value
-            take[i] = True
-            if on_iteration is not None:
-                on_iteration(i, st, trial[i])
-            if tolerance > 0:
-                st.recent = [*st.recent[-TOLERANCE_WINDOW:], value]
-                old = st.recent[0]
-                st.converged = len(st.recent) > TOLERANCE_WINDOW and old - value <= tolerance * abs(old)
-            if st.iterations >= iterations or st.evaluations >= max_evaluations or st.converged:
-                st.phase = "done"
+            t = min(1.0, 1.0 / g_sum) * limits.lr if st.iterations == 1 else limits.lr
+            if limits.line_search:
+                st.search = strong_wolfe(st.loss, gtd, t, d_norm)
+                st.step = next(st.search)
             else:
-                st.phase = "new"
-        if take.any():
-            rows_taken = take.to(dev).unsqueeze(1)
-            x = torch.where(rows_taken, trial, x)
-            g = torch.where(rows_taken, g_new, g)
-    return x, states
+                st.step = t
+            st.phase = "search"
+
+    def evaluate_trials(self, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each active image's trial point, its loss and gradient; the others' rows are left as
+        they are and not evaluated."""
+        x, dev = self.x, self.dev
+        steps = torch.tensor([st.step if a else 0.0 for st, a in zip(self.states, active)], device=dev, dtype=x.dtype)
+        trial = x + steps.unsqueeze(1) * self.d
+        if all(active):
+            f_new, g_new = self.evaluate(trial, None)
+            return trial, f_new, g_new
+        live = [i for i, a in enumerate(active) if a]
+        index = torch.tensor(live, device=dev)
+        f_live, g_live = self.evaluate(trial.index_select(0, index), live)
+        f_new = torch.zeros(self.b, device=dev, dtype=f_live.dtype).index_copy(0, index, f_live.detach())
+        g_new = torch.zeros_like(self.g).index_copy(0, index, g_live)
+        return trial, f_new, g_new
+
+
+def _advance(st: ImageState, value: float, gtd: float, limits: _Limits) -> bool:
+    """One image's step after its trial point was evaluated (loss ``value``, derivative ``gtd``
+    along its direction): True when the point becomes its iterate (an iteration is done)."""
+    st.evaluations += 1
+    if not math.isfinite(value):
+        st.phase, st.error = "done", f"the loss became {value} at iteration {st.iterations}"
+        return False
+    if st.phase == "search" and st.search is not None:
+        try:
+            st.step = st.search.send((value, gtd))
+            return False
+        except StopIteration as stop:
+            accepted = stop.value
+        if accepted == 0.0:  # no decrease along d: stay (and stop, as torch does)
+            st.accepted = 0.0
+            st.phase = "done"
+            return False
+        if accepted != st.step:  # an earlier trial point: evaluate it again
+            st.step, st.phase = accepted, "reeval"
+            return False
+    st.accepted = st.step
+    st.loss = value
+    if limits.tolerance > 0:
+        st.recent = [*st.recent[-TOLERANCE_WINDOW:], value]
+        old = st.recent[0]
+        st.converged = len(st.recent) > TOLERANCE_WINDOW and old - value <= limits.tolerance * abs(old)
+    done = st.iterations >= limits.iterations or st.evaluations >= limits.max_evaluations or st.converged
+    st.phase = "done" if done else "new"
+    return True

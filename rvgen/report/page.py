@@ -228,10 +228,10 @@ class PageWriter:
                         f"<td>{escape(str(r.get('recipe', '')))}</td>"
                         f'<td class="num">{escape(str(r.get("done", 0)))}</td>'
                         f'<td class="num">{escape(str(r.get("failed", 0)))}</td>'
-                        f'<td class="num">{escape(str(r.get("not_started", 0)))}</td>'
+                        f'<td class="num">{int(r.get("not_started") or 0) + int(r.get("abandoned") or 0)}</td>'
                         f'<td class="num">{duration(float(r.get("seconds", 0) or 0))}{escape(stopped)}</td></tr>')
         return ('<section id="runs"><h2>Runs</h2><table><tr><th>started</th><th>recipe</th><th class="num">done</th>'
-                '<th class="num">failed</th><th class="num">not started</th><th class="num">took</th></tr>'
+                '<th class="num">failed</th><th class="num" title="abandoned part way or not started">not made</th><th class="num">took</th></tr>'
                 + "".join(rows) + "</table></section>")
 
     def page(self, live: LiveStatus | None = None) -> str:

@@ -32,7 +32,7 @@ KEEP_RUNS = 100
 FAILURE = {"input": str, "variation": int, "reason": str, "digest": str, "time": str}
 PENDING = {"input": str, "variation": int, "digest": str}
 RUN = {"started": str, "seconds": float, "recipe": str, "digest": str, "done": int, "failed": int,
-       "not_started": int, "already_done": int, "devices": schema.Map(int), "signal": schema.Opt(str)}
+       "not_started": int, "abandoned": schema.Opt(int), "already_done": int, "devices": schema.Map(int), "signal": schema.Opt(str)}
 
 
 def now() -> str:
@@ -122,6 +122,7 @@ class FolderRecord:
             "done": len(summary.done),
             "failed": len(summary.failed),
             "not_started": summary.not_started,
+            "abandoned": len(summary.abandoned),
             "already_done": summary.skipped,
             "devices": {device: made_on.get(device, 0) for device in dict.fromkeys(w.device for w in run.workers)},
             "signal": signal.Signals(summary.signal).name if summary.signal else None,

@@ -22,7 +22,7 @@ from rvgen.batch.jobs import Job
 from rvgen.batch.runner import run_jobs
 from rvgen.batch.summary import RunInfo, Summary, WorkerSpec
 from rvgen.compare.plan import Column
-from rvgen.compare.report import result_path
+from rvgen.compare.outputs import result_path
 from rvgen.compare.results import Comparison, Scored
 from rvgen.errors import UsageError
 from rvgen.pipeline import load_references

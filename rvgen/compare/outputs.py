@@ -1,4 +1,4 @@
-"""Reporting a comparison: the result PNGs, the contact sheet, metrics.csv (one row per
+"""What a comparison writes: the result PNGs, the contact sheet, metrics.csv (one row per
 result), summary.csv, metrics.json, and the rich tables printed at the end."""
 
 from __future__ import annotations
