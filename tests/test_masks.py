@@ -23,14 +23,14 @@ from rvgen.tasks.masks import mask_path, parse_rule, rule_mask
 
 SIZE = 32
 VGG = {"seed": 0, "init": "uniform", "std": 0.015, "pooling": "avg", "normalize": "imagenet"}
-LAYERS = ["relu1_1", "relu2_1", "relu3_1"]
+LAYERS = ["relu1_1", "relu2_1"]
 
 
 def style_recipe(**task):
     data = {
         "task": {"name": "style", "style": "skimage:hubble_deep_field", "style_layers": LAYERS,
                  "content_layers": ["relu2_1"], **task},
-        "optimizer": {"iterations": 3},
+        "optimizer": {"iterations": 2},
         "output": {"size": SIZE},
     }
     return parse_recipe(data)
@@ -147,10 +147,6 @@ def test_guided_terms_evaluate_the_same_in_tiles_per_image_and_in_a_batch():
     with obj.subset([1]):
         alone, _ = obj.value_and_grad(x[1:])
     assert torch.allclose(alone, whole_loss[1:], rtol=1e-5)
-    unguided = tiny_objective(guided=False)
-    unguided.set_targets({"style": style})
-    obj.set_guides({"mask": torch.ones(2, 1, 32, 32)})  # all white: the unguided loss
-    assert torch.allclose(obj.value_and_grad(x)[0], unguided.value_and_grad(x)[0], rtol=1e-5)
 
 
 def test_a_paintings_mask_takes_the_target_from_its_white_part_even_for_an_adapted_reference():
@@ -212,38 +208,30 @@ def test_black_keeps_the_photo_white_equals_the_unmasked_run_and_half_keeps_half
     assert (half[styled] - content[styled]).abs().mean() > 0.5 * (plain[styled] - content[styled]).abs().mean()
 
 
-def test_a_missing_mask_fails_that_image_with_one_line_and_whole_styles_it(tmp_path, photos):
-    save_mask(tmp_path / "masks" / "cat.png", half_mask(SIZE, SIZE))  # trip/coffee.png has none
-    recipe = masked_recipe_file(tmp_path)
+def test_a_folder_with_masks_records_them_redoes_a_changed_one_and_fails_a_missing_one(tmp_path, photos):
+    mask = save_mask(tmp_path / "masks" / "cat.png", half_mask(SIZE, SIZE))  # trip/coffee.png has none
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["run", str(recipe), "-i", str(photos), "-o", str(out)])
-    assert result.exit_code == 1, result.output
+    args = ["run", str(masked_recipe_file(tmp_path)), "-i", str(photos), "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output  # one image failed, the other is made
     assert (out / "cat.png").exists() and not (out / "trip" / "coffee.png").exists()
     line = [ln for ln in result.output.splitlines() if "mask not found" in ln]
     assert line and all(f"{tmp_path}/masks/coffee.png" in ln and "trip/coffee.png" in ln for ln in line)
     assert "Traceback" not in result.output
-    whole = CliRunner().invoke(cli, ["run", str(recipe), "-i", str(photos), "-o", str(out),
-                                     "--set", "task.mask_missing=whole"])
-    assert whole.exit_code == 0, whole.output
-    assert json.loads((out / "trip" / "coffee.png.json").read_text())["masks"] == {"mask": "missing"}
 
-
-def test_the_sidecar_and_info_record_the_mask_and_a_changed_mask_redoes_the_image(tmp_path, photo):
-    mask = save_mask(tmp_path / "masks" / "cat.png", half_mask(SIZE, SIZE))
-    recipe = masked_recipe_file(tmp_path)
-    out = tmp_path / "out"
-    args = ["run", str(recipe), "-i", str(photo.parent), "-o", str(out)]
-    assert CliRunner().invoke(cli, args).exit_code == 0
     recorded = json.loads((out / "cat.png.json").read_text())["masks"]
     page = (out / "index.html").read_text()
     assert page.count("<figcaption>mask</figcaption>") == 1 and "masks/cat.png" in page  # beside the result
     info = CliRunner().invoke(cli, ["info", str(out / "cat.png")])
     assert f"mask:       mask (sha256 {recorded['mask']})" in info.output
-    again = CliRunner().invoke(cli, args)
-    assert "0 done, 0 failed, 1 already done" in again.output, again.output
-    save_mask(mask, half_mask(SIZE, SIZE, 128))  # the same name, another mask
-    redo = CliRunner().invoke(cli, args)
-    assert "1 done" in redo.output and json.loads((out / "cat.png.json").read_text())["masks"] != recorded
+
+    save_mask(mask, half_mask(SIZE, SIZE, 128))  # the same name, another mask: made again
+    redo = CliRunner().invoke(cli, [*args, "--set", "task.mask_missing=whole"])  # and coffee styled whole
+    assert redo.exit_code == 0 and "2 done" in redo.output, redo.output
+    assert json.loads((out / "cat.png.json").read_text())["masks"] != recorded
+    assert json.loads((out / "trip" / "coffee.png.json").read_text())["masks"] == {"mask": "missing"}
+    again = CliRunner().invoke(cli, [*args, "--set", "task.mask_missing=whole"])
+    assert "0 done, 0 failed, 2 already done" in again.output, again.output
 
 
 def test_a_rule_makes_the_mask_from_the_photo_without_eval():
@@ -327,7 +315,7 @@ def test_a_masked_texture_takes_its_statistics_from_the_masked_part_of_the_input
     path = tmp_path / "two.png"
     imageio.to_pil(photo).save(path)
     data = {"task": {"name": "texture", "layers": ["relu1_1", "relu2_1"], "mask_rule": "hue in 200..260"},
-            "optimizer": {"iterations": 12}, "output": {"size": 32}}
+            "optimizer": {"iterations": 8}, "output": {"size": 32}}
     (out,) = Pipeline(parse_recipe(data)).run([str(path)])
     red, blue = float(out.tensor[:, 0].mean()), float(out.tensor[:, 2].mean())
     assert blue > 0.65 and red < 0.1, (red, blue)  # the blue half's texture only (unmasked: 0.51 and 0.33)
@@ -344,7 +332,7 @@ def test_two_regions_each_come_closer_to_their_own_painting(tmp_path):
     h, w = imageio.load_image(str(photo)).shape[-2:]
     save_mask(tmp_path / "left" / "cat.png", 255 - half_mask(h, w))
     save_mask(tmp_path / "right" / "cat.png", half_mask(h, w))
-    data = {"task": {"name": "style", "style_layers": LAYERS + ["relu4_1"], "style_weight": 30.0, "regions": [
+    data = {"task": {"name": "style", "style_layers": LAYERS + ["relu3_1", "relu4_1"], "style_weight": 30.0, "regions": [
         {"mask": str(tmp_path / "left" / "{stem}.png"), "style": str(styles / "monet.jpg")},
         {"mask": str(tmp_path / "right" / "{stem}.png"), "style": str(styles / "starry_night.jpg")}]},
         "optimizer": {"iterations": 40}, "output": {"size": 96}}
