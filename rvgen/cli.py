@@ -36,6 +36,7 @@ class RvgenGroup(click.Group):
         except RvgenError as exc:
             if verbose:
                 traceback.print_exc()
+            _warn_plugin_problems(ctx, unless_in=str(exc))
             click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -58,11 +59,20 @@ def cli(verbose: bool) -> None:
     """Images from untrained networks: reconstruct, texture and style over folders of images."""
 
 
-def _warn_plugin_problems() -> None:
-    from rvgen.plugins import load_warnings
+def _warn_plugin_problems(ctx: click.Context | None = None, unless_in: str = "") -> None:
+    """One ``Warning:`` line per plugin left out and per other plugin warning, once per command,
+    after its recipe was checked: a recipe that uses a plugin left out fails with that line
+    instead (its error, ``unless_in``, holds it, and it is not repeated as a warning). Before
+    the registry is built nothing is said: no plugin was looked at yet."""
+    import rvgen.plugins
 
-    for line in load_warnings():
-        click.echo(f"Warning: {line}", err=True)
+    meta = (ctx or click.get_current_context()).find_root().meta
+    if meta.get("rvgen.plugins.warned") or rvgen.plugins.built() is None:
+        return
+    meta["rvgen.plugins.warned"] = True
+    for line in rvgen.plugins.load_warnings():
+        if line not in unless_in:
+            click.echo(f"Warning: {line}", err=True)
 
 
 EPILOG = ("Exit status: 0 all images done, 1 some failed (the others were done), 2 usage or recipe error, "
@@ -123,7 +133,6 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     from rvgen.recipe import load_recipe
 
     verbose = bool(ctx.find_root().params.get("verbose"))
-    _warn_plugin_problems()
     if backend == "dask" and not scheduler:
         raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
     if scheduler and backend != "dask":
@@ -143,6 +152,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         recipe = resolve_recipe(recipe)
         parsed = load_recipe(recipe, overrides)
         stem = recipe.stem
+    _warn_plugin_problems(ctx)
     specs = ([WorkerSpec("dask", scheduler)] if scheduler
              else worker_specs(resolve_devices(gpus, devices), workers, threads=threads))
     output = output or default_output(stem)
@@ -258,6 +268,22 @@ def _provenance(image: Path) -> dict:
     return data
 
 
+def _plugins_not_here(made_with: dict) -> str:
+    """The plugin distributions an image records (``plugins``) that this installation does not
+    have at the same version, said for a message ('' when it has them all)."""
+    from rvgen.plugins import get_registry, normalize_name
+
+    here = get_registry().installed()
+    said = []
+    for dist, version in sorted(made_with.items()):
+        now = here.get(normalize_name(dist))
+        if now != version:
+            state = "which is not installed here" if now is None else f"installed here at {_shown(now)}"
+            said.append(f"the plugin {_shown(dist)} {_shown(version)}, {state} (pip install "
+                        f"'{_shown(dist)}=={_shown(version)}')")
+    return "; ".join(said)
+
+
 def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     """The recipe ``image`` records, with ``--set`` overrides, validated as a recipe file is.
     Its source is the image: the name the metadata gives is only text."""
@@ -266,7 +292,16 @@ def _recipe_from_image(image: Path, overrides: tuple[str, ...]):
     data = _provenance(image)
     recorded = data["recipe"]
     resolved, cwd_keys = apply_overrides(recorded["resolved"], overrides)
-    parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(image))
+    try:
+        parsed = parse_recipe(resolved, cwd_keys=cwd_keys, source=str(image))
+    except UsageError as exc:
+        missing = _plugins_not_here(data.get("plugins") or {})
+        if missing:
+            raise type(exc)(f"{exc}; {_shown(image.name)} was made with {missing}") from None
+        raise
+    changed = _plugins_not_here(data.get("plugins") or {})
+    if changed:
+        click.echo(f"Warning: {_shown(image)} was made with {changed}; results may differ", err=True)
     if not overrides and recorded.get("digest") and parsed.digest() != recorded["digest"]:
         click.echo(f"Warning: {_shown(image)}: this rvgen resolves its recipe to digest {parsed.digest()}, not the "
                    f"recorded {_shown(recorded['digest'])}; results may differ", err=True)
@@ -385,58 +420,92 @@ def _recipe_reference(registry) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _param_rows(entry) -> list[tuple[str, str, str, str]]:
+    """(name, = default, type, help) of each parameter of a registry entry."""
+    from rvgen.params import REQUIRED
+
+    rows = []
+    for p in entry.params:
+        default = "required" if p.default is REQUIRED else ("-" if p.default is None else json.dumps(p.default))
+        choices = f"one of {', '.join(map(str, p.choices))}; " if p.choices else ""
+        rows.append((p.name, f"= {default}", p.type_name, choices + p.help))
+    return rows
+
+
+def _plugins_json(registry) -> dict:
+    from rvgen.params import REQUIRED
+
+    data: dict = {
+        kind: [
+            {
+                "name": e.name,
+                "source": e.source,
+                "description": e.description,
+                "params": [
+                    {"name": p.name, "type": p.type_name, "default": None if p.default is REQUIRED else p.default,
+                     "required": p.default is REQUIRED,
+                     "help": p.help, "choices": list(p.choices) if p.choices else None}
+                    for p in e.params
+                ],
+            }
+            for e in sorted(entries.values(), key=lambda e: e.name)
+        ]
+        for kind, entries in registry.entries.items()
+    }
+    data["left_out"] = [{"plugin": b.plugin, "source": b.source, "problem": b.problem} for b in registry.broken]
+    return data
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--markdown", is_flag=True, help="The recipe key reference in Markdown (docs/recipes.md).")
 def plugins(as_json: bool, markdown: bool) -> None:
-    """List the installed backbones, losses and tasks, where they come from, and their options."""
-    from rvgen.params import REQUIRED
+    """List the installed backbones, losses and tasks, where they come from, and their options,
+    and the plugins left out (at fault), each with what to change."""
     from rvgen.plugins import get_registry
 
-    _warn_plugin_problems()
     registry = get_registry()
+    for line in registry.warnings:  # the plugins left out are listed below, not warned about
+        click.echo(f"Warning: {line}", err=True)
     if markdown:
         click.echo(_recipe_reference(registry), nl=False)
         return
     if as_json:
-        data = {
-            kind: [
-                {
-                    "name": e.name,
-                    "source": e.source,
-                    "description": e.description,
-                    "params": [
-                        {"name": p.name, "type": p.type_name, "default": None if p.default is REQUIRED else p.default,
-                         "required": p.default is REQUIRED,
-                         "help": p.help, "choices": list(p.choices) if p.choices else None}
-                        for p in e.params
-                    ],
-                }
-                for e in sorted(entries.values(), key=lambda e: e.name)
-            ]
-            for kind, entries in registry.entries.items()
-        }
-        click.echo(json.dumps(data, indent=2, default=repr))
+        click.echo(json.dumps(_plugins_json(registry), indent=2, default=repr))
         return
     console = Console()
+    terminal = console.is_terminal
+    if not terminal:  # piped or redirected: whole lines, never wrapped to an assumed 80 columns
+        console = Console(soft_wrap=True)
     titles = {"task": "Tasks", "backbone": "Backbones", "loss": "Losses"}
     for kind in ("task", "backbone", "loss"):
         console.print(f"[bold underline]{titles[kind]}[/]")
         for entry in sorted(registry.entries[kind].values(), key=lambda e: e.name):
             console.print(f"\n[bold cyan]{entry.name}[/]  [dim]({escape(entry.source)})[/]", highlight=False)
             console.print(f"  {escape(entry.description)}", highlight=False)
-            if not entry.params:
+            rows = _param_rows(entry)
+            if not rows:
                 continue
-            table = Table(box=None, show_header=False, padding=(0, 1, 0, 3), expand=False)
-            table.add_column(style="green", no_wrap=True)
-            table.add_column(no_wrap=True)
-            table.add_column(style="dim", no_wrap=True)
-            table.add_column()
-            for p in entry.params:
-                default = "required" if p.default is REQUIRED else ("-" if p.default is None else json.dumps(p.default))
-                choices = f"one of {', '.join(map(str, p.choices))}; " if p.choices else ""
-                table.add_row(p.name, f"= {default}", p.type_name, choices + p.help)
-            console.print(table)
+            if terminal:
+                table = Table(box=None, show_header=False, padding=(0, 1, 0, 3), expand=False)
+                table.add_column(style="green", no_wrap=True)
+                table.add_column(no_wrap=True)
+                table.add_column(style="dim", no_wrap=True)
+                table.add_column()
+                for row in rows:
+                    table.add_row(*row)
+                console.print(table)
+                continue
+            widths = [max(len(row[i]) for row in rows) for i in range(3)]
+            for row in rows:
+                cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[3]]
+                console.print(escape("    " + " ".join(cells).rstrip()), highlight=False)
+        console.print()
+    if registry.broken:
+        console.print("[bold underline]Left out[/] [dim](plugins at fault: nothing of theirs is available)[/]")
+        for broken in registry.broken:
+            console.print(f"\n[bold red]{escape(broken.plugin)}[/]  [dim]({escape(broken.source)})[/]", highlight=False)
+            console.print(f"  {escape(broken.problem)}", highlight=False)
         console.print()
 
 
@@ -479,6 +548,8 @@ def info(image: Path, as_json: bool) -> None:
         f"recipe:     {recipe.get('source', '?')} (digest {recipe.get('digest', '?')})",
         "seeds:      " + (", ".join(f"{k} = {v}" for k, v in (data.get("seeds") or {}).items()) or "-"),
     ]
+    if data.get("plugins"):
+        lines.append("plugins:    " + ", ".join(f"{dist} {version}" for dist, version in data["plugins"].items()))
     for name, digest in (data.get("references") or {}).items():
         lines.append(f"reference:  {name} (sha256 {digest})")
     for name, digest in (data.get("masks") or {}).items():
@@ -522,7 +593,8 @@ def recipes() -> None:
               help="Comma list of NAME[:VARIANT|:KEY=VALUE], e.g. random-vgg19,random-vgg19:stacked,"
                    "random-resnet50. Default: the recipe's.")
 @click.option("--layers", metavar="LAYERS",
-              help="Reconstruct: comma list of layers, one column each (VGG names map to a ResNet's equivalents).")
+              help="Comma list of layers, one column each, for a task with a layer_option (reconstruct's layer; "
+                   "VGG names map to other backbones' equivalents).")
 @click.option("--seeds", metavar="SEEDS", help="Comma list of backbone seeds, one column each.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (as in run).")
 @click.option("--gpus", metavar="IDS", help="GPUs to use, e.g. 0,1 (one worker each), as in run.")
@@ -548,7 +620,6 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     from rvgen.plugins import get_registry
     from rvgen.recipe import read_recipe_data
 
-    _warn_plugin_problems()
     recipe = resolve_recipe(recipe)
     try:
         seed_list = [int(s) for s in cmp.split_list(seeds)]
@@ -558,6 +629,7 @@ def compare(ctx: click.Context, recipe: Path, input_spec: str | None, output: Pa
     data, cwd_keys = read_recipe_data(recipe, overrides)
     columns, recipes = cmp.plan_columns(data, cmp.split_list(backbones), cmp.split_list(layers), seed_list,
                                         get_registry(), recipe.resolve().parent, cwd_keys, str(recipe))
+    _warn_plugin_problems(ctx)
     found, _ = find_inputs(input_spec or DEFAULT_SAMPLES, exclude=output)
     if not found:
         raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES})")

@@ -111,6 +111,9 @@ class Context:
     backbone: str = ""
     cwd_keys: frozenset[str] = frozenset()
     losses: Sequence[str] | None = None
+    find_loss: Callable[[str, str], Any] | None = None
+    """Looks up a ``loss`` value (name, dotted key), raising a one-line error for an unknown
+    name (the registry's, which names a plugin left out); without it, ``losses`` is checked."""
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -303,7 +306,9 @@ def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
     if p.kind == "tables":
         return _check_tables(p, value, key, ctx)
     if p.kind == "loss":
-        if ctx.losses is not None and value not in ctx.losses:
+        if ctx.find_loss is not None:
+            ctx.find_loss(value, key)
+        elif ctx.losses is not None and value not in ctx.losses:
             raise unknown("loss", key, value, ctx.losses)
         return value
     if p.kind == "layer":

@@ -35,9 +35,12 @@ from PIL import Image
 from rvgen import imageio
 from rvgen.engine import Progress, Result, iter_with_fallback
 from rvgen.engine.pyramid import scaled
+from rvgen.engine.tiling import Window
 from rvgen.errors import ImageError, RecipeError, RvgenError
-from rvgen.plugins import Registry
-from rvgen.recipe import Overrides, Recipe, load_recipe
+from rvgen.plugins import BUILTIN_SOURCE, Registry, get_registry
+from rvgen.recipe import Overrides, Recipe, call_plugin, load_recipe, plugin_fault
+
+PROBE_SIDE = 32  # px: the random images a plugin's backbone, loss and task are tried on before any work
 
 ImageLike = Image.Image | torch.Tensor | str | Path
 
@@ -121,15 +124,27 @@ def check_references(synth: Any, shapes: Mapping[str, tuple[int, int]], size: in
 
 def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
     """The checks that need the recipe's network, made once before any work: every reference
-    image opens and keeps enough pixels at every level (:func:`check_references`), and
+    image opens and keeps enough pixels at every level (:func:`check_references`),
     ``optimizer.tile_size`` is a multiple of the stride of the deepest layer used (tiles
-    start on that grid). A recipe that needs neither builds no network here."""
+    start on that grid), and every task and loss a plugin provides keeps its contract
+    (:func:`check_plugin_task`, :func:`check_plugin_losses`). A recipe that needs none of
+    these builds no network here."""
+    registry = registry or get_registry()
     references = load_references(recipe.references(registry))
     recipe.build_task(registry).check_references(references)
+    task = registry.get("task", recipe.task["name"], "task.name")
+    if task.source != BUILTIN_SOURCE:
+        check_plugin_task(task, recipe.build_task(registry), references)
     tile = recipe.execution.tile_size
-    if not references and tile is None:
+    plugin_losses = any(registry.get("loss", name, f"losses.{name}").source != BUILTIN_SOURCE for name in recipe.losses)
+    backbone = registry.get("backbone", recipe.backbone["name"], "backbone.name")
+    if not references and tile is None and not plugin_losses and backbone.source == BUILTIN_SOURCE:
         return
     synth = recipe.build("cpu", registry)
+    if backbone.source != BUILTIN_SOURCE:
+        check_plugin_backbone(backbone, synth)
+    if plugin_losses:
+        check_plugin_losses(synth, registry)
     geometry = synth.objective.geometry if tile is not None else None
     if geometry is not None and tile % geometry.stride:
         deepest = max(geometry.strides, key=geometry.strides.get)
@@ -148,6 +163,118 @@ def input_name(image: ImageLike) -> str:
         text = str(image)
         return text[len(imageio.SAMPLE_PREFIX):] + ".png" if imageio.is_sample(text) else Path(text).name
     return ""
+
+
+def check_plugin_task(entry: Any, task: Any, references: Mapping[str, torch.Tensor]) -> None:
+    """Call each method of a plugin's task that a run calls, once, on a small random input
+    (``PROBE_SIDE`` px): a one-line :class:`~rvgen.errors.PluginError` naming the plugin when
+    one raises or returns the wrong shape (``canvas`` two positive ints; ``init``, ``finish``
+    and ``prepare_reference`` an image of the size they were given), rather than every image
+    of the run failing the same way."""
+    content = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE, generator=torch.Generator().manual_seed(0))
+
+    def image(what: str, value: Any, shape: tuple[int, ...]) -> None:
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise plugin_fault(entry, f"is at fault: {what} returned {got}; it must return an image of shape {shape}")
+
+    canvas = call_plugin(entry, "canvas()", task.canvas, content)
+    if not (isinstance(canvas, (tuple, list)) and len(canvas) == 2
+            and all(isinstance(side, int) and side > 0 for side in canvas)):
+        raise plugin_fault(entry, f"is at fault: canvas() returned {canvas!r:.100}; it must return (height, width), "
+                                  "two positive ints")
+    shape = (1, 3, *canvas)
+    image("init()", call_plugin(entry, "init()", task.init, content, tuple(canvas), torch.Generator().manual_seed(0)),
+          shape)
+    image("finish()", call_plugin(entry, "finish()", task.finish, torch.rand(shape), content), shape)
+    for name in sorted(task.derived_references()):
+        image(f"prepare_reference({name!r}) of a derived reference", call_plugin(
+            entry, "prepare_reference()", task.prepare_reference, name, content, content), tuple(content.shape))
+    for name in sorted(set(task.adapted_references()) & set(references)):
+        reference = references[name]
+        image(f"prepare_reference({name!r})", call_plugin(
+            entry, "prepare_reference()", task.prepare_reference, name, reference, content), tuple(reference.shape))
+
+
+def check_plugin_backbone(entry: Any, synth: Any) -> None:
+    """Run a plugin's backbone once on a small random image, and once on PyTorch's ``meta``
+    device as the memory estimate does: a one-line :class:`~rvgen.errors.PluginError` naming
+    the plugin when ``features`` raises or leaves out a layer the recipe uses."""
+    objective = synth.objective
+    side = max(PROBE_SIDE, synth.min_side)
+    with torch.no_grad():
+        feats = call_plugin(entry, "features()", objective.features, torch.rand(1, 3, side, side), objective.layers)
+    missing = [layer for layer in objective.layers if not isinstance(feats.get(layer), torch.Tensor)
+               or feats[layer].dim() != 4 or feats[layer].shape[0] != 1]
+    if missing:
+        raise plugin_fault(entry, f"is at fault: features(x, layers) returned no (B, C, H, W) tensor for "
+                                  f"{', '.join(missing)} of a {side} px image; return {{layer: tensor}} for every "
+                                  "layer asked for")
+    call_plugin(entry, "features() on the meta device (memory estimate; no .item() or decisions on values)",
+                synth.memory_estimate_at, (side, side))
+
+
+def check_plugin_losses(synth: Any, registry: Registry) -> None:
+    """Try every loss a plugin provides once, at each layer its terms use, on the features of
+    random images (the built-ins are tested): a one-line :class:`~rvgen.errors.PluginError`
+    naming the plugin unless ``forward`` returns one finite loss per image, shape (B,), that
+    depends on the features through autograd, and, for a ``tiled`` loss, ``finish(statistic(f,
+    t, whole image), t)`` equals ``forward(f, t)``. Otherwise such a loss would run and report
+    success: a scalar broadcasts over the batch, a detached value moves no pixel."""
+    objective = synth.objective
+    side = max(PROBE_SIDE, synth.min_side)
+    images = torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(0)).to(synth.device)
+    with torch.no_grad():
+        feats = objective.features(images, objective.layers)
+    checked = set()
+    for term, loss in zip(objective.terms, objective.losses):
+        entry = registry.get("loss", term.loss, "loss")
+        if entry.source == BUILTIN_SOURCE:
+            continue
+        batch = 2 if loss.batched else 1
+        for layer in term.layers:
+            if (term.loss, layer, term.target is None) in checked:
+                continue
+            checked.add((term.loss, layer, term.target is None))
+            where = f"at layer {layer}, for {batch} image{'s' if batch > 1 else ''}"
+            with torch.no_grad():
+                target = (call_plugin(entry, "prepare()", loss.prepare, feats[layer][2:2 + batch])
+                          if term.target is not None else None)
+            current = feats[layer][:batch].detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = call_plugin(entry, "forward()", loss, current, target)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,):
+                got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise plugin_fault(entry, f"is at fault: forward() returned {got} {where}; return one loss per image, "
+                                          "shape (B,): reduce every dimension but the first (.flatten(1).mean(1)), "
+                                          "never the batch")
+            if not value.requires_grad:
+                raise plugin_fault(entry, f"is at fault: forward()'s value {where} does not depend on the features "
+                                          "through autograd (detached, or computed with .item() or numpy), so no "
+                                          "pixel would move; compute it with torch operations on the features")
+            if not torch.isfinite(value).all():
+                raise plugin_fault(entry, f"is at fault: forward() returned {value.tolist()} {where}; make it finite")
+            if loss.tiled:
+                _check_tiled(entry, loss, current.detach(), target, value.detach(), where)
+
+
+def _check_tiled(entry: Any, loss: Any, features: torch.Tensor, target: Any, value: torch.Tensor, where: str) -> None:
+    """A ``tiled`` loss's promise, on a whole image as one tile: finish(statistic) == forward."""
+    h, w = features.shape[-2:]
+    with torch.no_grad():
+        statistic = call_plugin(entry, "statistic()", loss.statistic, features, target,
+                                Window(slice(0, h), slice(0, w), 0, 0, h, w))
+        if not isinstance(statistic, torch.Tensor):
+            raise plugin_fault(entry, f"is at fault: statistic() returned {type(statistic).__name__} {where}; it must "
+                                      "return one tensor, batch first, that the tiles' shares add up to")
+        whole = call_plugin(entry, "finish()", loss.finish, statistic, target)
+    if not isinstance(whole, torch.Tensor) or whole.shape != value.shape or not torch.allclose(
+            whole.float(), value.float(), rtol=1e-3, atol=1e-6 * float(value.abs().max()) + 1e-12):
+        shown = [round(v, 6) for v in whole.flatten().tolist()] if isinstance(whole, torch.Tensor) else whole
+        raise plugin_fault(entry, f"is at fault: it declares tiled = True, but finish(statistic(features, target, "
+                                  f"whole image)) = {shown} where forward(features, target) = "
+                                  f"{[round(v, 6) for v in value.tolist()]} {where}; make them agree, or set "
+                                  "tiled = False")
 
 
 class Pipeline:

@@ -19,7 +19,8 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ from rvgen.engine.lbfgs import TOLERANCE_WINDOW
 from rvgen.engine.parametrize import PARAMETRIZATIONS
 from rvgen.engine.precision import LAYOUTS, PRECISIONS
 from rvgen.engine.synth import VARIATION_SEED_STRIDE
-from rvgen.errors import RecipeError
+from rvgen.errors import PluginError, RecipeError, RvgenError
 from rvgen.params import MAX_SIZE, REQUIRED, SEED_RANGE, Context, Param, describe, suggest, unknown, validate
-from rvgen.plugins import Registry, get_registry
+from rvgen.plugins import BUILTIN_SOURCE, Entry, Registry, get_registry
 from rvgen.shipped import resolve as resolve_recipe
 
 MAX_ITERATIONS = 100_000  # optimisation steps per image (and per pyramid level) a recipe may ask for
@@ -46,6 +47,29 @@ MAX_DEPTH = 32  # how deeply a recipe's tables and arrays may nest
 SECTIONS = ("description", "task", "backbone", "optimizer", "output", "losses", "terms")
 MAX_UNBLENDED = 16  # reference images a term may blend when its loss cannot (each is then a term of its own)
 BLEND_MEAN = "blend: one term, the mean of the normalised targets"  # Recipe.made_as, since a blend is one term
+
+
+def plugin_fault(entry: Entry, problem: str) -> PluginError:
+    """A plugin's fault found while a recipe is checked, in one line naming where it comes from."""
+    return PluginError(f"{entry.kind} {entry.name!r} ({entry.source}) {problem}")
+
+
+def call_plugin(entry: Entry, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, code of the plugin ``entry``: an exception it raises (not
+    rvgen's own one-line errors) becomes a :class:`~rvgen.errors.PluginError` naming the plugin, its
+    distribution and ``what`` raised, so a recipe check never ends in an internal error. The
+    built-ins' exceptions are rvgen's bugs and pass through."""
+    try:
+        return function(*args, **kwargs)
+    except RvgenError:
+        raise
+    except Exception as exc:
+        if entry.source == BUILTIN_SOURCE:
+            raise
+        text = textwrap.shorten(" ".join(str(exc).split()), 200, placeholder="...")
+        raise plugin_fault(entry, f"failed: its {what} raised {type(exc).__name__}" + (f": {text}" if text else "")
+                           + "; fix the plugin") from exc
+
 
 OPTIMIZER_PARAMS = (
     Param("name", str, "lbfgs", "optimiser of the pixels", choices=("lbfgs", "adam")),
@@ -166,6 +190,15 @@ class Recipe:
         return {name: (src, max(1, round(long_side * size)) if isinstance(long_side, float) else long_side or size)
                 for name, (src, long_side) in self.build_task(registry).references().items()}
 
+    def plugins(self, registry: Registry | None = None) -> dict[str, str]:
+        """{distribution: version} of the installed plugins whose task, backbone or losses this
+        recipe uses (the built-ins and plugins registered through the API have none): what
+        its results record, and what a changed version makes them be redone for."""
+        registry = registry or get_registry()
+        return registry.packages([registry.get("task", self.task["name"], "task.name"),
+                                  registry.get("backbone", self.backbone["name"], "backbone.name"),
+                                  *(registry.get("loss", name, f"losses.{name}") for name in self.losses)])
+
     def files(self, registry: Registry | None = None) -> list[tuple[str, str]]:
         """(dotted key, path) of every file this recipe reads besides the inputs: the values of
         its ``path`` and ``images`` keys (a style image, each image of a style folder, an init
@@ -195,12 +228,16 @@ class Recipe:
         the losses, the backbone (built to the deepest layer used, stacked if asked) and the
         objective over them. References are not loaded here (see ``set_references``)."""
         registry = registry or get_registry()
-        task = self.build_task(registry)
-        terms = expand_blends(task.terms(), registry) + list(self.terms)
-        losses = [registry.get("loss", t.loss, "loss").cls(**self.losses.get(t.loss, {})) for t in terms]
+        task_entry = registry.get("task", self.task["name"], "task.name")
+        task = call_plugin(task_entry, "__init__()", self.build_task, registry)
+        terms = expand_blends(call_plugin(task_entry, "terms()", task.terms), registry) + list(self.terms)
+        losses = []
+        for term in terms:  # a plugin's exception names that plugin, whichever of them raised
+            entry = registry.get("loss", term.loss, "loss")
+            losses.append(call_plugin(entry, "__init__()", entry.cls, **self.losses.get(term.loss, {})))
         layers = {layer for t in terms for layer in t.layers}
-        backbone_cls = registry.get("backbone", self.backbone["name"], "backbone.name").cls
-        backbone = backbone_cls(self.options("backbone"), layers)
+        backbone_entry = registry.get("backbone", self.backbone["name"], "backbone.name")
+        backbone = call_plugin(backbone_entry, "__init__()", backbone_entry.cls, self.options("backbone"), layers)
         stacked.apply(backbone)
         objective = Objective(backbone.eval().requires_grad_(False), terms, losses)
         return Synthesizer(task, objective, self.optimizer, self.pyramid, self.execution, device,
@@ -411,14 +448,16 @@ def parse_recipe(
     for key in data:
         if key not in SECTIONS:
             raise RecipeError(f"{key}: unknown table{suggest(key, SECTIONS)}; allowed: {', '.join(SECTIONS)}")
-    ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"))
+    ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"),
+                  find_loss=lambda name, key: registry.get("loss", name, key))
 
     backbone_data = _table(data, "backbone")
     backbone_name = _name(backbone_data, "backbone", "random-vgg19")
-    backbone = registry.get("backbone", backbone_name, "backbone.name").cls
+    backbone_entry = registry.get("backbone", backbone_name, "backbone.name")
+    backbone = backbone_entry.cls
     backbone_opts = validate("backbone", backbone_data, backbone.params, ctx, extra=lambda k: k == "name")
-    backbone.check(backbone_opts)
-    ctx.layers = backbone.layer_names(backbone_opts)
+    call_plugin(backbone_entry, "check()", backbone.check, backbone_opts)
+    ctx.layers = call_plugin(backbone_entry, "layer_names()", backbone.layer_names, backbone_opts)
     ctx.backbone = backbone_name
 
     losses: dict[str, dict[str, Any]] = {}
@@ -431,12 +470,14 @@ def parse_recipe(
     task_data = _table(data, "task")
     if "name" not in task_data:
         raise RecipeError(f"task.name: required; installed tasks: {', '.join(registry.names('task'))}")
-    task_cls = registry.get("task", _name(task_data, "task"), "task.name").cls
+    task_entry = registry.get("task", _name(task_data, "task"), "task.name")
+    task_cls = task_entry.cls
     task_opts = validate("task", task_data, task_cls.params, ctx, extra=lambda k: k == "name")
-    task = task_cls(task_opts, backbone.default_layers)
+    task = call_plugin(task_entry, "__init__()", task_cls, task_opts, backbone.default_layers)
+    targets = _task_targets(task, task_entry)
 
-    terms = _parse_terms(data.get("terms", []), task, ctx, registry)
-    task_terms = task.terms()
+    terms = _parse_terms(data.get("terms", []), targets, ctx, registry)
+    task_terms = _task_terms(task, task_entry, targets)
     for term in task_terms:
         _check_term(term, registry, "task")
     for i, term in enumerate(terms):
@@ -471,7 +512,7 @@ def parse_recipe(
         terms=tuple(terms),
         source=source,
         description=description,
-        variations=task.variations(),
+        variations=call_plugin(task_entry, "variations()", task.variations),
         neutral_defaults=frozenset(neutral),
         made_as=(BLEND_MEAN,) if any(t.blend and registry.get("loss", t.loss, "loss").cls.blendable
                                      for t in task_terms) else (),
@@ -480,7 +521,7 @@ def parse_recipe(
     if isinstance(seed, int) and seed + VARIATION_SEED_STRIDE * (recipe.variations - 1) > SEED_RANGE[1]:
         raise RecipeError(f"task.seed: {seed} leaves no seed for {recipe.variations} variations (variation k draws "
                           f"from seed + {VARIATION_SEED_STRIDE} k, at most {SEED_RANGE[1]}); use a smaller seed")
-    for name, (_, long_side) in recipe.references(registry).items():
+    for name, (_, long_side) in call_plugin(task_entry, "references()", recipe.references, registry).items():
         if long_side > MAX_SIZE:
             raise RecipeError(f"task.{name}: the image would be {long_side} px on its long side, more than "
                               f"{MAX_SIZE}; ask for a smaller one")
@@ -494,13 +535,46 @@ def neutral_defaults(section: str, values: Mapping[str, Any], params: Sequence[P
             and (p.result_neutral or (p.digest_neutral and values[p.name] == p.default))}
 
 
-def _parse_terms(items: Any, task: Any, ctx: Context, registry: Registry) -> list[Term]:
-    """Extra objective terms from ``[[terms]]`` tables, added to the task's own."""
+def _task_targets(task: Any, entry: Entry) -> list[str]:
+    """What a term may compare with: the input, the task's references and its derived targets."""
+    references = call_plugin(entry, "references()", task.references)
+    derived = call_plugin(entry, "derived_references()", task.derived_references)
+    if not isinstance(references, Mapping) or not all(
+            isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in references.values()):
+        raise plugin_fault(entry, "is at fault: references() must return {name: (path or \"skimage:NAME\", long side)}")
+    both = sorted(set(references) & set(derived))
+    if both:
+        raise plugin_fault(entry, f"is at fault: {both[0]!r} is both a reference and a derived reference; "
+                                  "give them different names")
+    return ["input", *references, *sorted(derived)]
+
+
+def _task_terms(task: Any, entry: Entry, targets: Sequence[str]) -> list[Term]:
+    """The task's own terms, each one checked to be a Term that compares with something the
+    task has (a misspelt reference would fail only in a worker)."""
+    terms = call_plugin(entry, "terms()", task.terms)
+    if not isinstance(terms, (list, tuple)) or not all(isinstance(t, Term) for t in terms):
+        raise plugin_fault(entry, "is at fault: terms() must return a list of rvgen.engine.Term, "
+                                  f"not {type(terms).__name__}")
+    for term in terms:
+        for target in term.targets:
+            if target not in targets:
+                raise plugin_fault(entry, f"is at fault: its term {term.name!r} compares with {target!r}, which is "
+                                          f"not one of its targets{suggest(target, targets)} ({', '.join(targets)}); "
+                                          "fix Term(target=...) or declare it in references() or derived_references()")
+    return list(terms)
+
+
+def _parse_terms(items: Any, task_targets: Sequence[str], ctx: Context, registry: Registry) -> list[Term]:
+    """Extra objective terms from ``[[terms]]`` tables, added to the task's own. A term's
+    target is one of ``task_targets`` (the input and what the task has), or ``none``."""
     if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
         raise RecipeError("terms: expected an array of tables ([[terms]])")
-    targets = ["input", "none", *task.references()]
+    targets = [*task_targets, "none"]
     terms = []
     for i, item in enumerate(items):
+        if item.get("blend") in ([], ()):  # a resolved recipe (a sidecar's, --from) writes each term's empty blend
+            item = {k: v for k, v in item.items() if k != "blend"}
         opts = validate(f"terms[{i}]", item, TERM_PARAMS, ctx)
         if opts["target"] is None:
             opts["target"] = "input" if registry.get("loss", opts["loss"], f"terms[{i}].loss").cls.needs_target else "none"

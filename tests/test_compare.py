@@ -86,7 +86,7 @@ def test_columns_map_vgg_layers_to_resnet_equivalents(tmp_path):
         "random-resnet18 seed 2 relu1_1=stem", "random-resnet18 seed 2 relu3_1=layer2.0"]
     assert recipes[0].backbone["pooling"] == "max"  # the recipe's own backbone options are kept for it
     assert recipes[5].task["layer"] == "layer2.0" and recipes[7].backbone["seed"] == 2
-    with pytest.raises(UsageError, match="--layers applies to the reconstruct task"):
+    with pytest.raises(UsageError, match=r"--layers: the task .texture. declares no layer_option.*tasks that do: reconstruct"):
         plan_columns({"task": {"name": "texture"}}, [], ["relu1_1"], [], registry, tmp_path)
     with pytest.raises(UsageError, match="backbone random-resnet18 has no such layer and no equivalent"):
         plan_columns(data, ["random-resnet18"], ["relu3_3"], [], registry, tmp_path)

@@ -36,6 +36,9 @@ def test_recipe_reference_lists_a_plugins_keys(monkeypatch):
         description = "a test loss"
         params = (Param("radius", int, 2, "blur radius in pixels", minimum=1),)
 
+        def forward(self, features, target):
+            return (features - target).pow(2).flatten(1).mean(1)
+
     class Plugin:
         @hookimpl
         def register_losses(self, register):

@@ -15,7 +15,7 @@ from rvgen.cli import cli
 from rvgen.errors import PluginError, RecipeError
 from rvgen.losses import Loss
 from rvgen.params import Param
-from rvgen.plugins import BUILTIN_SOURCE, ENV_VAR, Registry, make_plugin_manager, registry_with
+from rvgen.plugins import BUILTIN_SOURCE, ENV_VAR, discover, registry_with
 from rvgen.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_registering_something_that_is_not_a_plugin_class_is_an_error():
         def register_losses(self, register):
             register(lambda x: x)
 
-    with pytest.raises(PluginError, match="not a subclass of Loss"):
+    with pytest.raises(PluginError, match=r"not a subclass of rvgen\.losses\.Loss"):
         registry_with([Bad()])
 
     class Nameless:
@@ -85,7 +85,7 @@ def test_registering_something_that_is_not_a_plugin_class_is_an_error():
         def register_losses(self, register):
             register(type("NoName", (Loss,), {}))
 
-    with pytest.raises(PluginError, match="without a name"):
+    with pytest.raises(PluginError, match="has no name"):
         registry_with([Nameless()])
 
 
@@ -122,33 +122,34 @@ def installed_plugin(tmp_path, monkeypatch):
 
 def test_entry_points_load_unless_the_environment_says_otherwise(installed_plugin, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    pm, sources, warnings = make_plugin_manager()
-    registry = Registry(pm, sources)
-    assert registry.get("loss", "abs-diff", "x").source == "rvgen-l1 1.2"
-    assert any("'broken'" in w and "needs a library" in w for w in warnings), warnings
+    registry = discover().registry()
+    entry = registry.get("loss", "abs-diff", "x")
+    assert entry.source == "rvgen-l1 1.2" and entry.package == ("rvgen-l1", "1.2")
+    assert [b.line for b in registry.broken] == [
+        "plugin 'broken' (rvgen-broken 1.2) is left out: importing rvgen_broken_plugin raised ImportError: needs a "
+        "library that is not installed; fix it, or uninstall rvgen-broken"]
 
     monkeypatch.setenv(ENV_VAR, "")
-    pm, sources, warnings = make_plugin_manager()
-    assert "abs-diff" not in Registry(pm, sources).names("loss") and warnings == []
+    registry = discover().registry()
+    assert "abs-diff" not in registry.names("loss") and registry.warnings == [] and registry.broken == []
 
     monkeypatch.setenv(ENV_VAR, "rvgen-l1, nonexistent")  # by distribution name
-    pm, sources, warnings = make_plugin_manager()
-    assert "abs-diff" in Registry(pm, sources).names("loss")
-    assert warnings == [f"{ENV_VAR} names 'nonexistent', which is not installed"]
+    registry = discover().registry()
+    assert "abs-diff" in registry.names("loss") and registry.broken == []
+    assert registry.warnings == [f"{ENV_VAR} names 'nonexistent', which is not installed"]
 
     monkeypatch.setenv(ENV_VAR, "RVGEN_L1")  # names compare as pip compares them
-    pm, sources, warnings = make_plugin_manager()
-    assert "abs-diff" in Registry(pm, sources).names("loss") and warnings == []
+    registry = discover().registry()
+    assert "abs-diff" in registry.names("loss") and registry.warnings == []
 
     monkeypatch.setenv(ENV_VAR, "l1")  # by entry-point name
-    pm, sources, _ = make_plugin_manager()
-    assert "abs-diff" in Registry(pm, sources).names("loss")
+    assert "abs-diff" in discover().registry().names("loss")
 
 
 def test_every_hook_is_implemented_by_a_builtin_and_documented():
     hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
     assert hooks == ["register_backbones", "register_losses", "register_tasks"]
-    pm, _, _ = make_plugin_manager(entry_points=False)
+    pm = discover(entry_points=False).pm
     guide = (ROOT / "docs" / "plugins.md").read_text()
     for hook in hooks:
         assert getattr(pm.hook, hook).get_hookimpls(), f"no built-in implements {hook}"

@@ -36,11 +36,11 @@ from rvgen.recipe import Recipe
 def prepare(recipe: Recipe, registry: Registry | None = None) -> RunKey:
     """Check the task's reference images open and are large enough, and what else needs the
     network (:func:`rvgen.pipeline.preflight`: a recipe error, before any work), and make the
-    run's key from the recipe and their hashes."""
+    run's key from the recipe, their hashes and the versions of the plugins it uses."""
     sources = {name: str(source) for name, (source, _) in recipe.references(registry).items()}
     preflight(recipe, registry)
     return RunKey.of(recipe.digest(), sources, recipe.execution.precision, recipe.execution.layout,
-                     recipe.build_task(registry).guide_patterns())
+                     recipe.plugins(registry), guides=recipe.build_task(registry).guide_patterns())
 
 
 def run_jobs(

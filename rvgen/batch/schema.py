@@ -157,6 +157,7 @@ SIDECAR = {
     "precision?": str,
     "layout?": str,
     "versions?": Map(str),
+    "plugins?": Map(str),
 }
 PROVENANCE = {  # what an image carries (sidecar.provenance): a sidecar without the input's path
     **{name: spec for name, spec in SIDECAR.items() if name not in ("input", "variation", "recipe")},

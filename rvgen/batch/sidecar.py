@@ -3,15 +3,18 @@
 A result ``NAME.png`` has ``NAME.png.json`` beside it (:func:`write_result` writes the image
 first, then the sidecar, so a sidecar is only ever beside a complete image). The sidecar
 records the input, the variation, the recipe (its digest and resolved settings), the
-reference images' hashes, the hashes of the input's masks (``masks``), the losses (``loss``: initial, final and per term; ``history``:
-a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
-the torch threads, which a CPU result depends on) and the versions.
+reference images' hashes, the hashes of the input's masks (``masks``), the losses (``loss``:
+initial, final and per term; ``history``: a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
+the torch threads, which a CPU result depends on), the versions, and the distributions and
+versions of the plugins whose task, backbone or losses the recipe uses (``plugins``).
 
 A job is finished when its output exists and its sidecar records the same recipe digest, the
 same input (sha256), the same reference images (the style image's sha256), the same mask
-files of the input and the same variation (:func:`is_finished`); a changed recipe, input,
-style image or mask makes it unfinished again. Hashing every input on every run would read the whole folder, so an input whose size
-and modification time match the sidecar's is taken to have the recorded hash. Readers ignore
+files of the input, the same variation and the same plugin versions (:func:`is_finished`); a
+changed recipe, input, style image, mask or plugin version makes it unfinished again (a
+plugin's new version may compute another loss: rvgen cannot tell, so it redoes the result).
+Hashing every input on every run would read the whole folder, so an input whose size and
+modification time match the sidecar's is taken to have the recorded hash. Readers ignore
 fields they do not check (``history``, ``loss``, ``versions``, ...).
 
 The image carries the sidecar's essentials too (:func:`provenance`: the version, the
@@ -79,14 +82,16 @@ class RunKey:
     precision: str = field(default="auto", compare=False)  # the recipe's optimizer.precision, as written
     layout: str = field(default="auto", compare=False)  # and its optimizer.layout
     threads: int | None = field(default=None, compare=False)  # torch threads of this run's CPU images
+    plugins: Mapping[str, str] = field(default_factory=dict)  # plugin distribution -> version (Recipe.plugins)
     guides: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (name, pattern) of each input's masks
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
-           layout: str = "auto", guides: Mapping[str, str] | None = None) -> RunKey:
+           layout: str = "auto", plugins: Mapping[str, str] | None = None,
+           guides: Mapping[str, str] | None = None) -> RunKey:
         ordered = dict(sorted(references.items()))
         return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
-                   layout, guides=tuple(sorted((guides or {}).items())))
+                   layout, plugins=dict(sorted((plugins or {}).items())), guides=tuple(sorted((guides or {}).items())))
 
     def mask_files(self, job: Job) -> dict[str, Path]:
         """The mask files ``job``'s input is styled by, by name (whether they exist or not)."""
@@ -120,6 +125,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
         "seconds": round(result.seconds, 3),
         "device": device,
         "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "plugins": dict(key.plugins),
     }
     masks = key.masks(job)
     if masks:
@@ -134,7 +140,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
 PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "masks", "size", "loss", "history", "iterations",
-                     "seconds", "device", "threads", "precision", "layout", "versions")
+                     "seconds", "device", "threads", "precision", "layout", "versions", "plugins")
 
 
 def seeds(resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,7 +230,8 @@ def _same_input(recorded: Mapping[str, Any], source: str) -> bool:
 
 
 def is_finished(job: Job, key: RunKey) -> bool:
-    """True when ``job``'s output and sidecar exist and were made by this recipe from this input."""
+    """True when ``job``'s output and sidecar exist and were made by this recipe from this input,
+    with the same plugin versions."""
     try:
         if job.output.stat().st_size == 0:
             return False
@@ -238,6 +245,7 @@ def is_finished(job: Job, key: RunKey) -> bool:
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
         and dict(data.get("masks", {})) == key.masks(job)
+        and dict(data.get("plugins", {})) == dict(key.plugins)
         and _same_numerics(data, key)
         and _same_input(data["input"], job.source)
     )

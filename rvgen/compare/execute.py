@@ -24,10 +24,10 @@ from rvgen.batch.summary import RunInfo, Summary, WorkerSpec
 from rvgen.compare.plan import Column
 from rvgen.compare.outputs import result_path
 from rvgen.compare.results import Comparison, Scored
-from rvgen.errors import UsageError
+from rvgen.errors import PluginError, UsageError
 from rvgen.pipeline import load_references
-from rvgen.plugins import Registry, get_registry
-from rvgen.recipe import Recipe
+from rvgen.plugins import Entry, Registry, get_registry
+from rvgen.recipe import Recipe, call_plugin, plugin_fault
 
 ResultCallback = Callable[[Comparison, Scored], None]
 FailureCallback = Callable[[Comparison, int, str, str], None]
@@ -38,8 +38,8 @@ class _Collector:
 
     def __init__(self, comparison: Comparison, column: int, task, contents: dict[str, torch.Tensor],
                  references: dict[str, torch.Tensor], on_result: ResultCallback | None,
-                 on_failure: FailureCallback | None):
-        self.comparison, self.column, self.task = comparison, column, task
+                 on_failure: FailureCallback | None, entry: Entry | None = None):
+        self.comparison, self.column, self.task, self.entry = comparison, column, task, entry
         self.contents, self.references = contents, references
         self.on_result, self.on_failure = on_result, on_failure
 
@@ -49,8 +49,11 @@ class _Collector:
     def handle(self, event: Event) -> None:
         if isinstance(event, ImageDone):
             image = event.image if event.image is not None else imageio.load_image(event.job.output)
-            scores = (self.task.score(image, self.contents[event.job.rel], self.references)
-                      if self.comparison.metrics else {})
+            try:
+                scores = self._score(image, self.contents[event.job.rel])
+            except PluginError as exc:  # a plugin task's score(): that result fails, the others go on
+                self._fail(event.job.rel, str(exc))
+                return
             outcome = Scored(self.column, event.job.rel, image, scores, event.seconds, event.loss)
             self.comparison.outcomes.append(outcome)
             if self.on_result is not None:
@@ -59,6 +62,21 @@ class _Collector:
             self._fail(event.job.rel, event.reason)
         elif isinstance(event, WorkerFailed):
             self._fail("*", f"worker {event.worker} did not start: {event.reason}")
+
+    def _score(self, image: torch.Tensor, content: torch.Tensor) -> dict[str, float]:
+        """The task's scores of one result: a float for each of its metrics, or a one-line
+        :class:`~rvgen.errors.PluginError` naming the plugin when its ``score`` raises or
+        returns something else."""
+        if not self.comparison.metrics:
+            return {}
+        if self.entry is None:
+            return self.task.score(image, content, self.references)
+        scores = call_plugin(self.entry, "score()", self.task.score, image, content, self.references)
+        names = [m.name for m in self.comparison.metrics]
+        if not isinstance(scores, dict) or any(not isinstance(scores.get(n), (int, float)) for n in names):
+            raise plugin_fault(self.entry, f"is at fault: score() must return a number for each of its metrics "
+                                           f"({', '.join(names)}), got {scores!r:.200}")
+        return scores
 
     def _fail(self, name: str, reason: str) -> None:
         self.comparison.failures.append((self.column, name, reason))
@@ -111,7 +129,8 @@ def _run(comparison: Comparison, output: Path, workers: Sequence[WorkerSpec], re
         jobs = [Job(source, name, result_path(output, column, name)) for source, name in comparison.inputs]
         collector = _Collector(comparison, c, recipe.build_task(registry),
                                {name: contents[(source, size)] for source, name in comparison.inputs},
-                               load_references(recipe.references(registry)), on_result, on_failure)
+                               load_references(recipe.references(registry)), on_result, on_failure,
+                               registry.get("task", recipe.task["name"], "task.name"))
         run = RunInfo(jobs=jobs, skipped=0, ignored=[], workers=list(workers), output=str(output))
         summary = run_jobs(recipe, run, collector, registry=registry, keep_images=True)
         if summary.signal is not None:

@@ -4,6 +4,9 @@ Backbone specs are ``NAME[:VARIANT|:KEY=VALUE ...]``: ``random-vgg19:stacked`` t
 options the backbone declares for the variant ``stacked``, ``random-vgg19:seed=3`` sets one
 option (value parsed as TOML). A layer the backbone does not have is mapped to its
 declared equivalent (``relu3_1`` is ``layer2.0`` on a ResNet); the column label says so.
+``--layers`` sets the option the task declares as its ``layer_option`` (``layer`` for
+reconstruct); the layer names in the task's other ``layer``/``layers`` options are mapped
+for each backbone the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from rvgen.params import suggest
 from rvgen.plugins import Registry
 from rvgen.recipe import Recipe, parse_recipe, parse_value
 
-LAYER_KEYS = ("layer", "layers", "content_layers", "style_layers")
+LAYER_KINDS = ("layer", "layers")
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,15 @@ def plan_columns(
 ) -> tuple[list[Column], list[Recipe]]:
     """One validated recipe per backbone x seed x layer, built from the recipe's data."""
     task = data.get("task", {}) if isinstance(data.get("task"), dict) else {}
-    if layers and task.get("name") != "reconstruct":
-        raise UsageError(f"--layers applies to the reconstruct task; this recipe's task is {task.get('name')!r} "
-                         "(set its layers in the recipe or with --set)")
+    task_cls = registry.get("task", task.get("name"), "task.name").cls if isinstance(task.get("name"), str) else None
+    params = {p.name: p for p in getattr(task_cls, "params", ())}
+    option = getattr(task_cls, "layer_option", None)
+    if layers and option is None:
+        takers = [name for name in registry.names("task") if registry.get("task", name, "").cls.layer_option]
+        raise UsageError(f"--layers: the task {task.get('name')!r} declares no layer_option, the option it would "
+                         f"set (tasks that do: {', '.join(takers) or 'none'}); set its layers in the recipe or "
+                         "with --set")
+    layer_keys = [name for name, p in params.items() if p.kind in LAYER_KINDS]
     base_backbone = data.get("backbone", {}) if isinstance(data.get("backbone"), dict) else {}
     base_name = base_backbone.get("name", "random-vgg19")
     specs = list(backbones) or [base_name]
@@ -123,10 +132,12 @@ def plan_columns(
                 actual = None
                 if layer is not None:
                     actual = _map_layer(layer, cls, backbone, spec)
-                    task_data["layer"] = actual
-                for key in LAYER_KEYS:  # VGG layer names in the recipe, mapped for other backbones
+                    task_data[option] = [actual] if params[option].kind == "layers" else actual
+                for key in layer_keys:  # VGG layer names in the recipe, mapped for other backbones
                     value = task_data.get(key)
-                    if isinstance(value, str) and not (layer is not None and key == "layer"):
+                    if layer is not None and key == option:
+                        continue
+                    if isinstance(value, str):
                         task_data[key] = _map_layer(value, cls, backbone, spec, strict=False)
                     elif isinstance(value, list):
                         task_data[key] = [_map_layer(v, cls, backbone, spec, strict=False) if isinstance(v, str)

@@ -15,12 +15,14 @@ exactly the single-scale objective.
 The task is used through ``canvas(content)`` (the result's size), ``init(content, shape,
 generator)`` (the starting image), and ``options["seed"]``, with which the starting image of
 variation ``k`` is drawn from a generator seeded ``seed + VARIATION_SEED_STRIDE * k``; and,
-where it has them, four optional members: ``adapted_references()`` names the references
+where it has them, five optional members: ``adapted_references()`` names the references
 that ``prepare_reference(name, image, content)`` adapts to each input (their targets are
-then computed per batch, one per image, rather than once per run), ``finish(result,
-content)`` post-processes every result (and every snapshot) before it is handed out (given
-the input's guides as a third argument when it has some), and ``guide_mode`` says how
-guides (masks, :mod:`rvgen.engine.guides`) reach each layer.
+then computed per batch, one per image, rather than once per run); ``derived_references()``
+names targets made from the input alone, by ``prepare_reference(name, content, content)``,
+with no reference image; ``finish(result, content)`` post-processes every result (and every
+snapshot) before it is handed out (given the input's guides as a third argument when it has
+some); and ``guide_mode`` says how guides (masks, :mod:`rvgen.engine.guides`) reach each
+layer.
 
 With ``snapshot_every = N`` (and a callback), every N-th iteration, counted over all pyramid
 levels, the progress carries the image there, at the canvas size and finished.
@@ -70,7 +72,7 @@ class Synthesizer:
         precision.apply(self.objective, self.numerics)
         self._references: dict[str, torch.Tensor] = {}
         self._reference_targets: dict[float, dict] = {}
-        self._adapted: dict[str, torch.Tensor] = {}  # references prepared per input, as loaded
+        self._adapted: dict[str, torch.Tensor | None] = {}  # references prepared per input, as loaded (None: derived)
         self.forced_tile: int | None = None  # set by the out-of-memory fallback
 
     @cached_property
@@ -106,23 +108,32 @@ class Synthesizer:
         """The fixed images the objective compares with besides the inputs (``style``)."""
         return self.objective.target_names - {"input"}
 
+    @property
+    def derived_names(self) -> set[str]:
+        """The targets the task derives from each input, with no reference image."""
+        return set(getattr(self.task, "derived_references", lambda: ())()) & self.reference_names
+
     def set_references(self, images: Mapping[str, torch.Tensor]) -> None:
         """Compute the targets of the fixed reference images (the style's Grams), once per run."""
-        missing = self.reference_names - set(images)
+        derived = self.derived_names
+        missing = self.reference_names - set(images) - derived
         if missing:
             raise ValueError(f"reference images missing: {sorted(missing)}")
         adapted = set(getattr(self.task, "adapted_references", lambda: ())()) & self.reference_names
         self._references = {k: v.to(self.device) for k, v in images.items()
-                            if k in self.reference_names and k not in adapted}
-        self._adapted = {k: v.to(self.device) for k, v in images.items() if k in adapted}
-        self.objective.per_image = {"input", *adapted}
+                            if k in self.reference_names and k not in adapted and k not in derived}
+        self._adapted = {k: v.to(self.device) for k, v in images.items() if k in adapted and k not in derived}
+        self._adapted.update({k: None for k in derived})  # made from each input itself
+        self.objective.per_image = {"input", *adapted, *derived}
         self._reference_targets = {}
         self._use_references(1.0)
 
     def _adapt_references(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The adapted references of a batch: name -> (B, 3, h, w), one per input."""
-        return {name: torch.cat([self.task.prepare_reference(name, image, content[i : i + 1]).to(self.device)
-                                 for i in range(content.shape[0])])
+        """The adapted and derived references of a batch: name -> (B, 3, h, w), one per input
+        (a derived one is made from the input, given as its own reference image)."""
+        inputs = content.split(1)
+        return {name: torch.cat([self.task.prepare_reference(name, one if image is None else image, one).to(self.device)
+                                 for one in inputs])
                 for name, image in self._adapted.items()}
 
     def _finish(self, image: torch.Tensor, content: torch.Tensor,

@@ -41,6 +41,8 @@ class Task:
       float) or None for the output size;
     - :meth:`adapted_references` and :meth:`prepare_reference`: references made anew for
       each input (none by default: a reference's targets are computed once per run);
+    - :meth:`derived_references`: targets made from the input alone by
+      :meth:`prepare_reference` (a greyscale or blurred copy), with no file;
     - :meth:`terms`: the objective, as :class:`~rvgen.engine.Term` objects;
     - :meth:`canvas`: the size of the result, given the input at the output size;
     - :meth:`init`: the starting image;
@@ -48,7 +50,8 @@ class Task:
     - :meth:`guides`, :meth:`guide_patterns`: masks read for each input (none by default), for
       terms with a ``guide`` and for ``finish``;
     - :meth:`variations`: how many different results to make per input;
-    - :attr:`metrics` and :meth:`score`: how ``rvgen compare`` scores a result (none by default).
+    - :attr:`metrics` and :meth:`score`: how ``rvgen compare`` scores a result (none by default);
+    - :attr:`layer_option`: the option ``rvgen compare --layers`` sweeps (none by default).
     """
 
     name: ClassVar[str]
@@ -56,6 +59,10 @@ class Task:
     params: ClassVar[tuple[Param, ...]] = ()
     metrics: ClassVar[tuple[Metric, ...]] = ()
     """The scores :meth:`score` returns, headline first; empty: results are not scored."""
+    layer_option: ClassVar[str | None] = None
+    """The name of the param (of kind ``layer`` or ``layers``) that ``rvgen compare --layers A,B``
+    sets, one column per layer (VGG names mapped through each backbone's ``layer_aliases``);
+    None: this task takes no ``--layers``."""
 
     def __init__(self, options: Mapping[str, Any], default_layers: Mapping[str, list[str]]):
         self.options = dict(options)
@@ -74,10 +81,17 @@ class Task:
         targets computed once per run."""
         return frozenset()
 
+    def derived_references(self) -> frozenset[str]:
+        """Names of targets made from the input alone, with no file: terms (and ``[[terms]]``)
+        may compare with them as with a reference, and :meth:`prepare_reference` makes each
+        one per input, given the input as both ``image`` and ``content``. Empty by default."""
+        return frozenset()
+
     def prepare_reference(self, name: str, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """Reference ``name`` (1, 3, h, w) as the terms see it for one input ``content``
-        (1, 3, H, W, at the output size); called only for :meth:`adapted_references`, on the
-        run's device, and must keep the reference's size."""
+        (1, 3, H, W, at the output size); called only for :meth:`adapted_references` and
+        :meth:`derived_references` (whose ``image`` is ``content``), on the run's device, and
+        must keep the reference's size."""
         return image
 
     def finish(self, result: torch.Tensor, content: torch.Tensor,

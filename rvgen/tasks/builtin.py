@@ -76,6 +76,7 @@ class Reconstruct(Task):
         SEED,
     )
     metrics = (Metric("psnr", "PSNR dB", True, 2), Metric("ssim", "SSIM", True))
+    layer_option = "layer"
 
     def terms(self) -> list[Term]:
         layer = self.options["layer"] or self.default_layers["reconstruct"][0]
