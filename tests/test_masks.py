@@ -295,6 +295,7 @@ def test_regions_from_a_label_image_each_take_their_own_painting(tmp_path, photo
         {"color": "#ff0000", "style": "skimage:coffee"},
         {"color": "#0f0", "style": "skimage:hubble_deep_field", "style_weight": 40.0},
     ])
+    assert ("task.labels", str(tmp_path / "labels" / "{stem}.png")) in recipe.files()  # --from says it reads them
     task = recipe.build_task()
     assert set(task.references()) == {"region1", "region2"}
     guides = task.guides("cat.png", imageio.load_image(str(photo)))
