@@ -404,6 +404,9 @@ def _recipe_reference(registry) -> str:
         for e in sorted(registry.entries[kind].values(), key=lambda e: e.name):
             lines += [heading.format(name=e.name), "", f"{cell(e.description).rstrip('.')}. From {e.source}.", ""]
             lines += table(e.params) if e.params else ["No options.", ""]
+            for p in e.params:
+                if p.fields:  # an array of tables: its keys
+                    lines += [f"Each `[[{kind}.{p.name}]]` table:", "", *table(p.fields)]
         return lines
 
     lines = [
@@ -565,6 +568,8 @@ def info(image: Path, as_json: bool) -> None:
         lines.append("plugins:    " + ", ".join(f"{dist} {version}" for dist, version in data["plugins"].items()))
     for name, digest in (data.get("references") or {}).items():
         lines.append(f"reference:  {name} (sha256 {digest})")
+    for name, digest in (data.get("masks") or {}).items():
+        lines.append(f"mask:       {name} " + ("(no file: styled whole)" if digest == "missing" else f"(sha256 {digest})"))
     if "final" in loss:
         terms = ", ".join(f"{k} {v:.4g}" for k, v in (loss.get("terms") or {}).items())
         lines.append(f"loss:       {loss.get('initial', float('nan')):.4g} -> {loss['final']:.4g}"

@@ -30,7 +30,12 @@ REQUIRED: Any = _Required()
 # against the backbone's layer names, ``weighting`` against the layers of its term;
 # ``images`` is one image (a path, kept a string), a folder (its images) or a list of paths.
 # ``counts`` is one whole number or a non-empty list of them, each within the bounds.
-VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss", "counts")
+# ``pattern`` is a file name per input, with ``{stem}`` (the input's name without extension)
+# and ``{relpath}`` (its folder under ``--input``) filled in for each; relative to where rvgen
+# runs, made absolute. ``tables`` is an array of tables, each checked against ``fields``.
+VALUE_KINDS = ("path", "images", "layer", "layers", "weighting", "size", "loss", "counts", "pattern", "tables")
+PLACEHOLDERS = ("stem", "relpath")
+"""What a ``pattern`` value may name in braces."""
 
 MAX_SIZE = 8192
 """The largest side in pixels a recipe may ask for (an output, a texture, a style image);
@@ -67,6 +72,8 @@ class Param:
     result_neutral: bool = False
     """True for a key that never changes a result (which intermediate images are written and
     kept): left out of the recipe digest whatever its value."""
+    fields: tuple[Param, ...] = ()
+    """The keys of each table of a ``tables`` value."""
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in VALUE_KINDS:
@@ -84,6 +91,10 @@ class Param:
             return "path | folder | list of paths"
         if self.kind == "counts":
             return "int | [int, ...]"
+        if self.kind == "pattern":
+            return "path pattern"
+        if self.kind == "tables":
+            return "array of tables"
         if self.kind in ("path", "layer", "loss"):
             return self.kind
         return self.type.__name__
@@ -245,6 +256,26 @@ def resolve_images(value: Any, key: str, ctx: Context) -> str | list[str]:
     return resolve_path(value, key, ctx)
 
 
+def resolve_pattern(value: str, key: str) -> str:
+    """A per-input file pattern made absolute against the working folder; a recipe error naming
+    ``key`` for braces other than ``{stem}`` and ``{relpath}``."""
+    import re
+
+    names = re.findall(r"\{([^{}]*)\}", value)
+    bad = [n for n in names if n not in PLACEHOLDERS]
+    if bad or value.count("{") != len(names) or value.count("}") != len(names):
+        raise RecipeError(f"{key}: a pattern may name only {{stem}} and {{relpath}} in braces, got {shown(value)}")
+    return str(file_path(value, key, Path.cwd()))
+
+
+def _check_tables(p: Param, value: Any, key: str, ctx: Context) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+        raise RecipeError(f"{key}: expected an array of tables ([[{key}]]), got {describe(value)}")
+    if key in ctx.cwd_keys:  # set with --set: the tables' paths are relative to the working folder too
+        ctx = replace(ctx, base_dir=Path.cwd(), cwd_keys=frozenset())
+    return [validate(f"{key}[{i}]", item, p.fields, ctx) for i, item in enumerate(value)]
+
+
 def _check_layer(value: Any, key: str, ctx: Context) -> str:
     if not isinstance(value, str):
         raise RecipeError(f"{key}: expected a layer name, got {describe(value)}")
@@ -270,6 +301,10 @@ def _check_kind(p: Param, value: Any, key: str, ctx: Context) -> Any:
             raise RecipeError(f"{exc}{suggest(value, words)}; or one of {', '.join(words)}") from None
     if p.kind == "images":
         return resolve_images(value, key, ctx)
+    if p.kind == "pattern":
+        return resolve_pattern(value, key)
+    if p.kind == "tables":
+        return _check_tables(p, value, key, ctx)
     if p.kind == "loss":
         if ctx.find_loss is not None:
             ctx.find_loss(value, key)
@@ -321,7 +356,7 @@ def check_value(p: Param, value: Any, key: str, ctx: Context) -> Any:
     """Validate one value against its declaration; returns the normalised value."""
     if value is None and p.nullable:
         return None
-    if p.kind not in ("weighting", "size", "images", "counts") and not _type_ok(value, p.type):
+    if p.kind not in ("weighting", "size", "images", "counts", "tables") and not _type_ok(value, p.type):
         raise RecipeError(f"{key}: expected {p.type_name}, got {describe(value)}")
     if p.type is float and p.kind is None:
         value = finite(float(value), key)

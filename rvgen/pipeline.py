@@ -131,6 +131,7 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
     these builds no network here."""
     registry = registry or get_registry()
     references = load_references(recipe.references(registry))
+    recipe.build_task(registry).check_references(references)
     task = registry.get("task", recipe.task["name"], "task.name")
     if task.source != BUILTIN_SOURCE:
         check_plugin_task(task, recipe.build_task(registry), references)
@@ -153,6 +154,15 @@ def preflight(recipe: Recipe, registry: Registry | None = None) -> None:
                           f"{deepest} (tiles start on that grid); use {choices}")
     check_references(synth, {name: tuple(image.shape[-2:]) for name, image in references.items()
                              if name in synth.reference_names}, recipe.output["size"])
+
+
+def input_name(image: ImageLike) -> str:
+    """The name masks are found by for an input given to :meth:`Pipeline.run`: a file's name,
+    ``NAME.png`` for ``skimage:NAME`` (as ``rvgen run`` names it), empty for an image in memory."""
+    if isinstance(image, (str, Path)):
+        text = str(image)
+        return text[len(imageio.SAMPLE_PREFIX):] + ".png" if imageio.is_sample(text) else Path(text).name
+    return ""
 
 
 def check_plugin_task(entry: Any, task: Any, references: Mapping[str, torch.Tensor]) -> None:
@@ -279,6 +289,7 @@ class Pipeline:
         self.device = self.synth.device
         if references is None:
             references = load_references(recipe.references(registry))
+        self.synth.task.check_references(references)
         self.synth.set_references(references)
         self.reference_shapes = {name: tuple(image.shape[-2:]) for name, image in references.items()
                                  if name in self.synth.reference_names}
@@ -332,6 +343,12 @@ class Pipeline:
                     "layers would fit)")
         return content
 
+    def guides(self, rel: str, content: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The guides (masks) of the input named ``rel`` (relative to ``--input``; a file's name
+        for a single image), given it loaded (:meth:`load`); ``None`` when the recipe uses
+        none. A mask that is missing or cannot be read is an :class:`~rvgen.errors.ImageError`."""
+        return self.synth.task.guides(rel, content) or None
+
     @staticmethod
     def alpha(image: ImageLike) -> Image.Image | None:
         """An input's alpha channel (mode ``L``, at its own size), or ``None`` when it is opaque
@@ -352,10 +369,13 @@ class Pipeline:
         variations: Sequence[int] | None = None,
         callback: Callable[[int, Progress], None] | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
+        guides: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> Iterator[tuple[int, Result | RvgenError]]:
         """``(index, Result or the error that ended it)`` for each of ``contents`` (loaded
-        with :meth:`load`), as each batch finishes. A stop raised by ``callback`` propagates."""
-        return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch)
+        with :meth:`load`; with ``guides``, each one's :meth:`guides`), as each batch
+        finishes. A stop raised by ``callback`` propagates."""
+        extra = {"guides": list(guides)} if guides is not None and any(g for g in guides) else {}
+        return iter_with_fallback(self.synth, contents, variations, callback, on_batch=on_batch, **extra)
 
     def run(self, images: Sequence[ImageLike], callback: Callable[[int, Progress], None] | None = None, *,
             raise_errors: bool = False) -> list[Output | Failure]:
@@ -365,10 +385,11 @@ class Pipeline:
         :class:`~rvgen.errors.RvgenError` is raised instead, once every image is done."""
         count = self.recipe.variations
         places: list[Output | Failure | None] = []
-        contents, variations, alphas, slots = [], [], [], []
+        contents, variations, alphas, guides, slots = [], [], [], [], []
         for image in images:
             try:
                 content, alpha = self.load(image), self.alpha(image)
+                guide = self.guides(input_name(image), content)  # masks found by the file's name
             except RvgenError as exc:
                 places += [Failure(exc, v) for v in range(count)]
                 continue
@@ -378,7 +399,8 @@ class Pipeline:
                 contents.append(content)
                 variations.append(v)
                 alphas.append(alpha)
-        for index, outcome in self.results(contents, variations, callback):
+                guides.append(guide)
+        for index, outcome in self.results(contents, variations, callback, guides=guides):
             v = variations[index]
             places[slots[index]] = (Failure(outcome, v) if isinstance(outcome, RvgenError)
                                     else Output.of(outcome, v, alphas[index]))

@@ -21,7 +21,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from rvgen import imageio, stacked
 from rvgen.backbones import PIXELS, Backbone
 from rvgen.engine import ExecutionConfig, Objective, OptimizerConfig, PyramidConfig, Synthesizer, Term
 from rvgen.engine.lbfgs import TOLERANCE_WINDOW
-from rvgen.engine.objective import GUIDE
+from rvgen.engine.objective import ANCHOR
 from rvgen.engine.parametrize import PARAMETRIZATIONS
 from rvgen.engine.precision import LAYOUTS, PRECISIONS
 from rvgen.engine.synth import VARIATION_SEED_STRIDE
@@ -197,7 +197,7 @@ class Recipe:
             "output": self.output,
             "video": dict(self.video),
             "losses": self.losses,
-            "terms": [asdict(t) for t in self.terms],
+            "terms": [term_dict(t) for t in self.terms],
         }
 
     def to_toml(self) -> str:
@@ -235,17 +235,21 @@ class Recipe:
     def files(self, registry: Registry | None = None) -> list[tuple[str, str]]:
         """(dotted key, path) of every file this recipe reads besides the inputs: the values of
         its ``path`` and ``images`` keys (a style image, each image of a style folder, an init
-        image, a weights file), keywords and scikit-image samples left out."""
+        image, a weights file) and the patterns of its per-input masks, also in tables such as
+        ``[[task.regions]]``; keywords and scikit-image samples left out."""
         registry = registry or get_registry()
         tables = [("task", self.task, registry.get("task", self.task["name"], "task.name").cls.params),
                   ("backbone", self.backbone, registry.get("backbone", self.backbone["name"], "backbone.name").cls.params)]
         tables += [(f"losses.{name}", options, registry.get("loss", name, f"losses.{name}").cls.params)
                    for name, options in self.losses.items()]
         found = []
-        for section, values, params in tables:
+        while tables:
+            section, values, params = tables.pop(0)
             for p in params:
                 value = values.get(p.name)
-                if p.kind not in ("path", "images") or value is None:
+                if p.kind == "tables" and value:  # [[task.regions]]: their files too, in order
+                    tables[:0] = [(f"{section}.{p.name}[{i}]", item, p.fields) for i, item in enumerate(value)]
+                if p.kind not in ("path", "images", "pattern") or value is None:
                     continue
                 for path in [value] if isinstance(value, str) else value:
                     if not (imageio.is_sample(path) or (p.choices and path in p.choices)):
@@ -257,13 +261,13 @@ class Recipe:
         the losses, the backbone (built to the deepest layer used, stacked if asked) and the
         objective over them. References are not loaded here (see ``set_references``).
         ``clips``: for the frames of clips, with the temporal term (``video.temporal_weight``)
-        on the pixels, whose target is each frame's guide (the previous result, warped)."""
+        on the pixels, whose target is each frame's anchor (the previous result, warped)."""
         registry = registry or get_registry()
         task_entry = registry.get("task", self.task["name"], "task.name")
         task = call_plugin(task_entry, "__init__()", self.build_task, registry)
         terms = expand_blends(call_plugin(task_entry, "terms()", task.terms), registry) + list(self.terms)
         if clips and self.video["temporal_weight"] > 0:
-            terms.append(Term("temporal", "temporal", (PIXELS,), self.video["temporal_weight"], GUIDE))
+            terms.append(Term("temporal", "temporal", (PIXELS,), self.video["temporal_weight"], ANCHOR))
         losses = []
         for term in terms:  # a plugin's exception names that plugin, whichever of them raised
             entry = registry.get("loss", term.loss, "loss")
@@ -292,6 +296,16 @@ class Recipe:
             data.pop("video", None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def term_dict(term: Term) -> dict[str, Any]:
+    """A ``[[terms]]`` term as the resolved recipe holds it: its fields, the guides left out
+    while unset (a recipe's terms take none; their digests stay as they were)."""
+    data = asdict(term)
+    for name in ("guide", "target_guide"):
+        if data[name] is None:
+            del data[name]
+    return data
 
 
 def depth(value: Any) -> int:
@@ -658,7 +672,7 @@ def expand_blends(terms: Sequence[Term], registry: Registry) -> list[Term]:
     out = []
     for term in terms:
         if term.blend and not registry.get("loss", term.loss, "loss").cls.blendable:
-            out += [Term(term.name, term.loss, term.layers, term.weight * share, name, term.weighting)
+            out += [replace(term, weight=term.weight * share, target=name, blend=())
                     for name, share in term.blend if share > 0]
         else:
             out.append(term)
@@ -671,6 +685,9 @@ def _check_term(term: Term, registry: Registry, where: str) -> None:
         raise RecipeError(f"{where}: {len(term.blend)} reference images for loss {term.loss!r}, which cannot blend them "
                           f"into one target (it does not declare blendable = True), so each is its own term: at most "
                           f"{MAX_UNBLENDED}; use fewer images or a blendable loss such as gram")
+    if (term.guide is not None or term.target_guide is not None) and not loss.guidable:
+        raise RecipeError(f"{where}: loss {term.loss!r} cannot take a mask (it does not declare guidable = True); "
+                          "use gram")
     if loss.needs_target and term.target is None:
         raise RecipeError(f"{where}.target: loss {term.loss!r} compares with an image; set target = \"input\"")
     if not loss.needs_target and term.target is not None:

@@ -114,12 +114,12 @@ def test_bad_video_keys_are_one_line_errors(values, message):
         parse_recipe({"task": {"name": "reconstruct"}, "video": values})
 
 
-def test_the_guide_holds_each_pixel_to_the_nearest_reliable_earlier_frame():
+def test_the_anchor_holds_each_pixel_to_the_nearest_reliable_earlier_frame():
     results = {0: torch.full((1, 3, 2, 2), 0.2), 1: torch.full((1, 3, 2, 2), 0.6)}
     still = torch.zeros(2, 2, 2)
     near = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     far = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    guide = ClipMaker.guide(2, results, {1: (still, near), 2: (still, far)})
+    guide = ClipMaker.anchor(2, results, {1: (still, near), 2: (still, far)})
     assert guide[0, 3].tolist() == [[1.0, 1.0], [1.0, 0.0]]  # the weight: seen by one of them, or not at all
     assert torch.allclose(guide[0, 0], torch.tensor([[0.6, 0.2], [0.6, 0.0]]))  # offset 1 where it sees
 

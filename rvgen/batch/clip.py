@@ -244,21 +244,21 @@ class ClipMaker:
             (outcome,) = synth.run_batch([content], [job.variation], report,
                                          iterations=self.video["first_frame_iterations"])
         else:
-            guide = self.guide(index, results, flows)
+            anchor = self.anchor(index, results, flows)
             nearest = min(flows)
-            weight = guide[:, 3:]
+            weight = anchor[:, 3:]
             # Where no earlier frame sees a pixel: this frame's own picture with the nearest earlier
             # frame's painting over its picture (result minus input), warped.
             fill = content + warp(results[index - nearest] - inputs[index - nearest], flows[nearest][0])
-            begin = (weight * guide[:, :3] + (1 - weight) * fill).clamp(0, 1)
-            (outcome,) = synth.run_batch([content], [job.variation], report, starts=[begin], guides=[guide],
+            begin = (weight * anchor[:, :3] + (1 - weight) * fill).clamp(0, 1)
+            (outcome,) = synth.run_batch([content], [job.variation], report, starts=[begin], anchors=[anchor],
                                          iterations=self.video["iterations"])
         if isinstance(outcome, RvgenError):
             raise outcome
         return outcome
 
     @staticmethod
-    def guide(index: int, results: dict[int, torch.Tensor], flows: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    def anchor(index: int, results: dict[int, torch.Tensor], flows: dict[int, tuple[torch.Tensor, torch.Tensor]]
               ) -> torch.Tensor:
         """The temporal target of frame ``index``, (1, 4, H, W): each pixel the earlier result
         of the nearest offset whose flow follows it reliably, warped into this frame (RGB),

@@ -52,7 +52,8 @@ def make_remote(recipe: Recipe, job: Job, data: bytes | None, references: Mappin
             _CACHED[cache_key] = pipeline
         source = job.source if data is None else io.BytesIO(data)
         content = imageio.load_image(source, size, name=job.rel)
-        result = pipeline.synth.run(content, job.variation)
+        guides = pipeline.guides(job.rel, content)  # mask files: at the same paths on the worker
+        result = pipeline.synth.run(content, job.variation, **({"guides": guides} if guides else {}))
         result.image = result.image.cpu()
         return job, "done", result, pipeline.synth.numerics, device  # details of a result: what it ran in
     except Exception as exc:

@@ -40,7 +40,7 @@ def prepare(recipe: Recipe, registry: Registry | None = None) -> RunKey:
     sources = {name: str(source) for name, (source, _) in recipe.references(registry).items()}
     preflight(recipe, registry)
     return RunKey.of(recipe.digest(), sources, recipe.execution.precision, recipe.execution.layout,
-                     recipe.plugins(registry))
+                     recipe.plugins(registry), guides=recipe.build_task(registry).guide_patterns())
 
 
 def run_jobs(

@@ -146,6 +146,8 @@ SIDECAR = {
     "recipe": {"source": str, "digest": str, "resolved": RESOLVED},
     "references?": Map(str),
     "reference_files?": Map(str),
+    "masks?": Map(str),
+    "mask_files?": Map(str),
     "size?": List(int, 2),
     "loss?": LOSS,
     "history?": HISTORY,

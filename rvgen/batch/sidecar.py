@@ -3,19 +3,19 @@
 A result ``NAME.png`` has ``NAME.png.json`` beside it (:func:`write_result` writes the image
 first, then the sidecar, so a sidecar is only ever beside a complete image). The sidecar
 records the input, the variation, the recipe (its digest and resolved settings), the
-reference images' hashes, the losses (``loss``: initial, final and per term; ``history``:
-a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
+reference images' hashes, the hashes of the input's masks (``masks``), the losses (``loss``:
+initial, final and per term; ``history``: a short ``[iteration, loss]`` list), the iterations, the time, the device (and, on a CPU,
 the torch threads, which a CPU result depends on), the versions, and the distributions and
 versions of the plugins whose task, backbone or losses the recipe uses (``plugins``).
 
 A job is finished when its output exists and its sidecar records the same recipe digest, the
-same input (sha256), the same reference images (the style image's sha256), the same
-variation and the same plugin versions (:func:`is_finished`); a changed recipe, input, style
-image or plugin version makes it unfinished again (a plugin's new version may compute
-another loss: rvgen cannot tell, so it redoes the result). Hashing every input on every run
-would read the whole folder, so an input whose size and modification time match the
-sidecar's is taken to have the recorded hash. Readers ignore fields they do not check
-(``history``, ``loss``, ``versions``, ...).
+same input (sha256), the same reference images (the style image's sha256), the same mask
+files of the input, the same variation and the same plugin versions (:func:`is_finished`); a
+changed recipe, input, style image, mask or plugin version makes it unfinished again (a
+plugin's new version may compute another loss: rvgen cannot tell, so it redoes the result).
+Hashing every input on every run would read the whole folder, so an input whose size and
+modification time match the sidecar's is taken to have the recorded hash. Readers ignore
+fields they do not check (``history``, ``loss``, ``versions``, ...).
 
 The image carries the sidecar's essentials too (:func:`provenance`: the version, the
 resolved recipe, its seeds, the input's hash, the losses), as text in the file
@@ -48,6 +48,9 @@ from rvgen.engine import Result
 from rvgen.engine.precision import LEGACY_CPU, Numerics
 from rvgen.engine.precision import resolve as resolve_numerics
 from rvgen.recipe import Recipe
+from rvgen.tasks.masks import mask_path
+
+MISSING = "missing"  # a mask file's hash in the sidecar when there is none (mask_missing = "whole")
 
 
 def file_digest(source: str) -> str:
@@ -80,13 +83,25 @@ class RunKey:
     layout: str = field(default="auto", compare=False)  # and its optimizer.layout
     threads: int | None = field(default=None, compare=False)  # torch threads of this run's CPU images
     plugins: Mapping[str, str] = field(default_factory=dict)  # plugin distribution -> version (Recipe.plugins)
+    guides: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (name, pattern) of each input's masks
 
     @classmethod
     def of(cls, recipe_digest: str, references: Mapping[str, str], precision: str = "auto",
-           layout: str = "auto", plugins: Mapping[str, str] | None = None) -> RunKey:
+           layout: str = "auto", plugins: Mapping[str, str] | None = None,
+           guides: Mapping[str, str] | None = None) -> RunKey:
         ordered = dict(sorted(references.items()))
         return cls(recipe_digest, {name: file_digest(src) for name, src in ordered.items()}, ordered, precision,
-                   layout, plugins=dict(sorted((plugins or {}).items())))
+                   layout, plugins=dict(sorted((plugins or {}).items())), guides=tuple(sorted((guides or {}).items())))
+
+    def mask_files(self, job: Job) -> dict[str, Path]:
+        """The mask files ``job``'s input is styled by, by name (whether they exist or not)."""
+        return {name: mask_path(pattern, job.rel) for name, pattern in self.guides}
+
+    def masks(self, job: Job) -> dict[str, str]:
+        """The hash of each mask file ``job``'s input is styled by (``missing`` for one that is
+        not there), by name; empty when the recipe reads none."""
+        return {name: file_digest(str(path)) if path.is_file() else MISSING
+                for name, path in self.mask_files(job).items()}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -112,6 +127,10 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
         "versions": {"rvgen": rvgen.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "plugins": dict(key.plugins),
     }
+    masks = key.masks(job)
+    if masks:
+        data["masks"] = masks
+        data["mask_files"] = {name: str(path) for name, path in key.mask_files(job).items() if masks[name] != MISSING}
     if threads is not None:
         data["threads"] = threads
     if numerics is not None:
@@ -120,7 +139,7 @@ def sidecar(recipe: Recipe, key: RunKey, job: Job, result: Result, device: str,
 
 
 PROVENANCE_KEY = "rvgen"  # the name of the text the image carries
-PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "size", "loss", "history", "iterations",
+PROVENANCE_FIELDS = ("input", "variation", "recipe", "references", "masks", "size", "loss", "history", "iterations",
                      "seconds", "device", "threads", "precision", "layout", "versions", "plugins")
 
 
@@ -225,6 +244,7 @@ def is_finished(job: Job, key: RunKey) -> bool:
         data["recipe"]["digest"] == key.recipe
         and dict(data.get("references", {})) == dict(key.references)
         and data["variation"] == job.variation
+        and dict(data.get("masks", {})) == key.masks(job)
         and dict(data.get("plugins", {})) == dict(key.plugins)
         and _same_numerics(data, key)
         and _same_input(data["input"], job.source)

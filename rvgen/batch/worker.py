@@ -170,7 +170,9 @@ class Worker:
 
         def make() -> Result:
             content = self.pipeline.load(job.source)
-            return self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress))
+            guides = self.pipeline.guides(job.rel, content)
+            return self.pipeline.synth.run(content, job.variation, lambda progress: report(0, progress),
+                                           **({"guides": guides} if guides else {}))
 
         self._attempt(job, make, lambda result: self._finish(job, result))
 
@@ -198,15 +200,18 @@ class Worker:
             return
         if len(jobs) == 1:
             return self.make(jobs[0])
-        ready, contents = [], []
+        ready, contents, guides = [], [], []
         for job in jobs:
             try:
-                contents.append(self.pipeline.load(job.source))
+                content = self.pipeline.load(job.source)
+                guide = self.pipeline.guides(job.rel, content)
             except Exception as exc:
                 self.emit(ImageStarted(self.name, job))
                 self._fail(job, exc)
             else:
                 ready.append(job)
+                contents.append(content)
+                guides.append(guide)
         running: set[int] = set()
 
         def on_batch(chunk: list[int]) -> None:
@@ -217,7 +222,8 @@ class Worker:
         variations = [job.variation for job in ready]
         finished: set[int] = set()
         try:
-            for index, outcome in self.pipeline.results(contents, variations, self._reporter(ready), on_batch):
+            for index, outcome in self.pipeline.results(contents, variations, self._reporter(ready), on_batch,
+                                                        guides):
                 running.discard(index)
                 finished.add(index)
                 self._finish(ready[index], outcome)

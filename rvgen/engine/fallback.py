@@ -17,7 +17,7 @@ This is what a device worker calls::
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -50,6 +50,7 @@ def iter_with_fallback(
     callback: BatchCallback | None = None,
     batch_size: int | None = None,
     on_batch: Callable[[list[int]], None] | None = None,
+    guides: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> Iterator[tuple[int, Outcome]]:
     """Optimise every content, yielding ``(index, outcome)`` as each batch finishes.
 
@@ -57,6 +58,7 @@ def iter_with_fallback(
     ``variations`` the variation of each (default 0); ``callback(index, progress)`` gets
     indices into ``contents``. ``batch_size`` overrides the synthesizer's rule.
     ``on_batch(indices)`` is called before each batch starts (for progress displays).
+    ``guides``: each content's guides (masks), when the objective uses some.
     Only CUDA out-of-memory errors are caught here; any other exception of a batch
     propagates (the worker decides whether to retry its images one by one).
     """
@@ -72,7 +74,9 @@ def iter_with_fallback(
                 on_batch(chunk)
             report = None if callback is None else _mapped(callback, chunk)
             try:
-                outcomes = synth.run_batch([contents[i] for i in chunk], [variations[i] for i in chunk], report)
+                extra = {} if guides is None else {"guides": [guides[i] for i in chunk]}
+                outcomes = synth.run_batch([contents[i] for i in chunk], [variations[i] for i in chunk], report,
+                                           **extra)
             except torch.OutOfMemoryError:
                 release_memory(synth.device)
                 if len(chunk) == 1:

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from rvgen.engine.guides import propagate, resize_guide, weighting
 from rvgen.engine.tiling import TilePlan
 
-GUIDE = "guide"
-"""The target name of a per-image pixel guide set with each batch (:meth:`Synthesizer.run_batch`'s
-``guides``): a (B, 4, H, W) image, RGB and a weight per pixel in [0, 1], for a loss on the
+ANCHOR = "anchor"
+"""The target name of a per-image pixel anchor set with each batch (:meth:`Synthesizer.run_batch`'s
+``anchors``): a (B, 4, H, W) image, RGB and a weight per pixel in [0, 1], for a loss on the
 ``pixels`` layer (the ``temporal`` loss of video frames: stay near the previous result, warped,
-where it is reliable). A batch given no guides gets weight 0 everywhere: the term is then 0."""
+where it is reliable). A batch given no anchors gets weight 0 everywhere: the term is then 0."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,13 @@ class Term:
     a loss that is ``blendable``: (reference name, weight) pairs whose targets blend into
     this term's one, their weighted mean (a folder of style images is one term); ``target``
     is then the first of them.
+
+    ``guide`` names a guide of the image being optimised (a mask handed to
+    :meth:`Objective.set_guides`, one per image): the term then compares the statistics of
+    the features weighted by it (:mod:`rvgen.engine.guides`; its loss must be ``guidable``).
+    ``target_guide`` does the same for the target's features: for a reference target, the
+    name of another reference image (its mask, read as grey); for the input, a guide of the
+    input.
     """
 
     name: str
@@ -52,6 +61,8 @@ class Term:
     target: str | None = "input"
     weighting: str | Mapping[str, float] = "equal"
     blend: tuple[tuple[str, float], ...] = ()
+    guide: str | None = None
+    target_guide: str | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -59,6 +70,13 @@ class Term:
         if self.blend:
             return tuple(name for name, _ in self.blend)
         return () if self.target is None else (self.target,)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image the term reads besides the one optimised: its targets and, for a
+        reference target, the reference its target guide is."""
+        guide = (self.target_guide,) if self.target_guide is not None and self.target != "input" else ()
+        return self.targets + guide
 
 
 class PerImage(tuple):
@@ -72,6 +90,9 @@ class Objective(nn.Module):
         super().__init__()
         if len(terms) != len(losses):
             raise ValueError("one loss module per term")
+        for t, loss in zip(terms, losses):
+            if (t.guide is not None or t.target_guide is not None) and not getattr(loss, "guidable", False):
+                raise ValueError(f"term {t.name!r}: loss {t.loss!r} cannot be guided (it does not declare guidable = True)")
         self.backbone = backbone
         self.terms = list(terms)
         self.losses = nn.ModuleList(losses)
@@ -84,9 +105,15 @@ class Objective(nn.Module):
         self._subset: tuple | None = None  # the last subset's rows, targets and weights
         self.tile_size: int | None = None  # evaluate tile by tile (see rvgen.engine.tiling) when set
         self.halo: int | None = None  # None: the backbone's full halo (exact)
-        self.per_image: set[str] = {"input", GUIDE}
+        self.per_image: set[str] = {"input", ANCHOR}
         """Targets set with one image per image being optimised (the inputs; references a task
         adapts to each input); the others are shared by the whole batch."""
+        self.guide_mode = "resize"
+        """How guides reach each layer's grid: resize, inside or all (:func:`~rvgen.engine.guides.propagate`)."""
+        self._guides: dict[str, torch.Tensor] = {}  # name -> (B, 1, H, W), one per image being optimised
+        self._reference_guides: dict[str, torch.Tensor] = {}  # the last seen of each reference that is a target guide
+        self._guide_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._layer_geometry: dict[str, tuple[int, int] | None] = {}
 
     @staticmethod
     def _static_weights(term: Term) -> dict[str, float | torch.Tensor]:
@@ -96,7 +123,76 @@ class Objective(nn.Module):
 
     @property
     def target_names(self) -> set[str]:
-        return {name for t in self.terms for name in t.targets}
+        return {name for t in self.terms for name in t.images}
+
+    @property
+    def guide_names(self) -> set[str]:
+        """The guides of the images being optimised that the terms use (:meth:`set_guides`)."""
+        return ({t.guide for t in self.terms if t.guide is not None}
+                | {t.target_guide for t in self.terms if t.target_guide is not None and t.target == "input"})
+
+    # ---- guides (rvgen.engine.guides) ------------------------------------------------------
+
+    def set_guides(self, guides: Mapping[str, torch.Tensor]) -> None:
+        """The guides of the batch being optimised: name -> (B, 1, H, W) in [0, 1], one per image,
+        at any size (each is resampled to the image the terms see, at every pyramid level)."""
+        self._subset = None
+        self._guides = {name: g.float() for name, g in guides.items()}
+        self._guide_cache = {}
+
+    def _geometry_of(self, layer: str) -> tuple[int, int] | None:
+        """``layer``'s (stride, receptive-field margin) from the backbone's declared geometry."""
+        if layer not in self._layer_geometry:
+            get = getattr(self.backbone, "tile_geometry", None)
+            geometry = get([layer]) if get is not None else None
+            self._layer_geometry[layer] = None if geometry is None else (geometry.strides[layer], geometry.margin)
+        return self._layer_geometry[layer]
+
+    def _guide_at(self, guide: torch.Tensor, layer: str, pixels: tuple[int, int],
+                  shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factor, present) of ``guide`` for an image of ``pixels`` at ``layer``'s map ``shape``."""
+        g = resize_guide(guide.float(), pixels)
+        stride, margin = self._geometry_of(layer) or (None, None)
+        return weighting(propagate(g, shape, self.guide_mode, stride, margin))
+
+    def _guide_weights(self, name: str, layer: str, pixels: tuple[int, int],
+                       shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guide ``name`` of the images being optimised at ``layer``: the factor (B, 1, h, w) their
+        features are multiplied by and whether the region is there (B,); cached."""
+        key = (name, layer, tuple(pixels), tuple(shape))
+        if key not in self._guide_cache:
+            if name not in self._guides:
+                raise ValueError(f"guide {name!r} not set (Objective.set_guides)")
+            self._guide_cache[key] = self._guide_at(self._guides[name], layer, pixels, shape)
+        return self._guide_cache[key]
+
+    def _guided(self, term: Term, layer: str, features: torch.Tensor, pixels: tuple[int, int]):
+        """The features a guided term's loss sees, and the region's presence (None: unguided)."""
+        if term.guide is None:
+            return features, None
+        factor, present = self._guide_weights(term.guide, layer, pixels, tuple(features.shape[-2:]))
+        return features.float() * factor, present
+
+    def _target_features(self, i: int, image: torch.Tensor, feats: Mapping[str, torch.Tensor],
+                         images: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Term ``i``'s layers of a target's features, weighted by its ``target_guide`` if it has one."""
+        term = self.terms[i]
+        if term.target_guide is None:
+            return {layer: feats[layer] for layer in term.layers}
+        # A reference's guide is a reference image (kept from the call that set it: an adapted
+        # reference comes alone); the input's is a guide of the input.
+        guide = (images.get(term.target_guide, self._reference_guides.get(term.target_guide))
+                 if term.target != "input" else self._guides.get(term.target_guide))
+        if guide is None:
+            raise ValueError(f"target guide {term.target_guide!r} of term {term.name!r} not set")
+        if guide.shape[1] != 1:  # a reference image read as colour: its grey
+            guide = guide.float().mean(1, keepdim=True)
+        out = {}
+        for layer in term.layers:
+            factor, _ = self._guide_at(guide.to(image.device), layer, tuple(image.shape[-2:]),
+                                       tuple(feats[layer].shape[-2:]))
+            out[layer] = feats[layer].float() * factor
+        return out
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The backbone's activations, in the objective's precision and memory layout."""
@@ -114,16 +210,18 @@ class Objective(nn.Module):
         An image may be a batch (the inputs of a batch, one per image being optimised).
         """
         self._subset = None
+        guides = {t.target_guide for t in self.terms if t.target_guide is not None and t.target != "input"}
+        self._reference_guides.update({name: image for name, image in images.items() if name in guides})
         for name, image in images.items():
             idx = [i for i, t in enumerate(self.terms) if t.target == name and not t.blend]
             if not idx:
                 continue
             feats = self._features_of(image, sorted({layer for i in idx for layer in self.terms[i].layers}))
             for i in idx:
-                for layer in self.terms[i].layers:
-                    self.targets[(i, layer)] = self._prepare(i, feats[layer])
+                for layer, f in self._target_features(i, image, feats, images).items():
+                    self.targets[(i, layer)] = self._prepare(i, f)
         for i, term in enumerate(self.terms):
-            if term.blend and all(name in images for name in term.targets):
+            if term.blend and all(name in images for name in term.images):
                 self._set_blend(i, images)
 
     def _features_of(self, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -145,7 +243,7 @@ class Objective(nn.Module):
         for name, weight in term.blend:
             if weight <= 0:
                 continue
-            feats = self._features_of(images[name], term.layers)
+            feats = self._target_features(i, images[name], self._features_of(images[name], term.layers), images)
             for layer in term.layers:
                 target = self._prepare(i, feats[layer])
                 if layer in means:
@@ -173,11 +271,14 @@ class Objective(nn.Module):
     def layer_losses(self, x: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
         """Every term's loss at every one of its layers, each of shape (B,)."""
         feats = self.features(x, self.layers)
+        pixels = tuple(x.shape[-2:])
         out = {}
         for i, term in enumerate(self.terms):
             for layer in term.layers:
                 target = self.targets[(i, layer)] if term.target is not None else None
-                out[(i, layer)] = self._loss(i, feats[layer], target)
+                f, present = self._guided(term, layer, feats[layer], pixels)
+                loss = self._loss(i, f, target)
+                out[(i, layer)] = loss if present is None else loss * present
         return out
 
     def combine(self, per_layer: Mapping[tuple[int, str], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -252,9 +353,17 @@ class Objective(nn.Module):
             for layer in term.layers:
                 if only is not None and (i, layer) not in only:
                     continue
-                window = tile.window(plan.geometry.strides[layer], shapes[layer])
+                stride = plan.geometry.strides[layer]
+                window = tile.window(stride, shapes[layer])
                 target = self.targets[(i, layer)] if term.target is not None else None
-                out[(i, layer)] = self._call_per_image(i, "statistic", feats[layer], target, window)
+                f = feats[layer]
+                if term.guide is not None:  # the whole map's factor, cut to this tile's map
+                    factor, _ = self._guide_weights(term.guide, layer, plan.shape, shapes[layer])
+                    top, left = tile.crop[0] // stride, tile.crop[2] // stride
+                    part = factor[..., top:top + f.shape[-2], left:left + f.shape[-1]]
+                    part = F.pad(part, (0, f.shape[-1] - part.shape[-1], 0, f.shape[-2] - part.shape[-2]))
+                    f = f.float() * part
+                out[(i, layer)] = self._call_per_image(i, "statistic", f, target, window)
         return out
 
     def _call_per_image(self, i: int, method: str, features: torch.Tensor, target: Any, *args) -> torch.Tensor:
@@ -288,6 +397,9 @@ class Objective(nn.Module):
                 term = self.terms[i]
                 target = self.targets[(i, layer)] if term.target is not None else None
                 per_layer[(i, layer)] = self._call_per_image(i, "finish", leaf, target)
+                if term.guide is not None:  # a region absent from an image counts nothing there
+                    _, present = self._guide_weights(term.guide, layer, plan.shape, shapes[layer])
+                    per_layer[(i, layer)] = per_layer[(i, layer)] * present
             if only is None:
                 total, parts = self.combine(per_layer)
             else:
@@ -330,19 +442,20 @@ class Objective(nn.Module):
         if rows is None:
             yield
             return
-        targets, weights = self.targets, self.layer_weights
+        targets, weights, guides, cache = self.targets, self.layer_weights, self._guides, self._guide_cache
         if self._subset is None or self._subset[0] != tuple(rows):
             index = torch.tensor(list(rows), dtype=torch.long)
             picked = {key: _take(value, rows, index) if self.terms[key[0]].target in self.per_image else value
                       for key, value in targets.items()}
             picked_weights = [{layer: w.index_select(0, index.to(w.device)) if torch.is_tensor(w) else w
                                for layer, w in term.items()} for term in weights]
-            self._subset = (tuple(rows), picked, picked_weights)
-        _, self.targets, self.layer_weights = self._subset
+            picked_guides = {name: g.index_select(0, index.to(g.device)) for name, g in guides.items()}
+            self._subset = (tuple(rows), picked, picked_weights, picked_guides, {})
+        _, self.targets, self.layer_weights, self._guides, self._guide_cache = self._subset
         try:
             yield
         finally:
-            self.targets, self.layer_weights = targets, weights
+            self.targets, self.layer_weights, self._guides, self._guide_cache = targets, weights, guides, cache
 
     def reset_weights(self) -> None:
         self._subset = None

@@ -15,12 +15,14 @@ exactly the single-scale objective.
 The task is used through ``canvas(content)`` (the result's size), ``init(content, shape,
 generator)`` (the starting image), and ``options["seed"]``, with which the starting image of
 variation ``k`` is drawn from a generator seeded ``seed + VARIATION_SEED_STRIDE * k``; and,
-where it has them, four optional members: ``adapted_references()`` names the references
+where it has them, five optional members: ``adapted_references()`` names the references
 that ``prepare_reference(name, image, content)`` adapts to each input (their targets are
 then computed per batch, one per image, rather than once per run); ``derived_references()``
 names targets made from the input alone, by ``prepare_reference(name, content, content)``,
-with no reference image; and ``finish(result, content)`` post-processes every result (and
-every snapshot) before it is handed out.
+with no reference image; ``finish(result, content)`` post-processes every result (and every
+snapshot) before it is handed out (given the input's guides as a third argument when it has
+some); and ``guide_mode`` says how guides (masks, :mod:`rvgen.engine.guides`) reach each
+layer.
 
 With ``snapshot_every = N`` (and a callback), every N-th iteration, counted over all pyramid
 levels, the progress carries the image there, at the canvas size and finished.
@@ -37,7 +39,8 @@ from typing import Any
 import torch
 
 from rvgen.engine import memory, precision
-from rvgen.engine.objective import GUIDE, Objective
+from rvgen.engine.guides import resize_guide
+from rvgen.engine.objective import ANCHOR, Objective
 from rvgen.engine.optimize import BatchCallback, Level, OptimizerConfig, Progress, Result, optimize_batch
 from rvgen.engine.precision import ExecutionConfig
 from rvgen.engine.pyramid import PyramidConfig, resize, scaled
@@ -63,6 +66,7 @@ class Synthesizer:
         self.optimizer, self.pyramid, self.execution = optimizer, pyramid, execution
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
+        self.objective.guide_mode = getattr(task, "guide_mode", "resize")
         self.numerics = precision.resolve(execution.precision, self.device, execution.layout)
         precision.configure_backends(self.device, self.numerics)
         precision.apply(self.objective, self.numerics)
@@ -102,7 +106,7 @@ class Synthesizer:
     @property
     def reference_names(self) -> set[str]:
         """The fixed images the objective compares with besides the inputs (``style``)."""
-        return self.objective.target_names - {"input", GUIDE}
+        return self.objective.target_names - {"input", ANCHOR}
 
     @property
     def derived_names(self) -> set[str]:
@@ -120,7 +124,7 @@ class Synthesizer:
                             if k in self.reference_names and k not in adapted and k not in derived}
         self._adapted = {k: v.to(self.device) for k, v in images.items() if k in adapted and k not in derived}
         self._adapted.update({k: None for k in derived})  # made from each input itself
-        self.objective.per_image = {"input", GUIDE, *adapted, *derived}
+        self.objective.per_image = {"input", ANCHOR, *adapted, *derived}
         self._reference_targets = {}
         self._use_references(1.0)
 
@@ -132,9 +136,13 @@ class Synthesizer:
                                  for one in inputs])
                 for name, image in self._adapted.items()}
 
-    def _finish(self, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    def _finish(self, image: torch.Tensor, content: torch.Tensor,
+                guides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The task's ``finish`` of one result; with guides (an input's masks) it gets them too."""
         finish = getattr(self.task, "finish", None)
-        return image if finish is None else finish(image, content)
+        if finish is None:
+            return image
+        return finish(image, content, guides) if guides else finish(image, content)
 
     def _use_references(self, factor: float) -> None:
         """Put the reference targets of the pyramid level at ``factor`` in the objective."""
@@ -217,8 +225,9 @@ class Synthesizer:
         contents: Sequence[torch.Tensor],
         variations: Sequence[int] | None = None,
         callback: BatchCallback | None = None,
+        guides: Sequence[Mapping[str, torch.Tensor]] | None = None,
         starts: Sequence[torch.Tensor] | None = None,
-        guides: Sequence[torch.Tensor] | None = None,
+        anchors: Sequence[torch.Tensor] | None = None,
         iterations: int | None = None,
     ) -> list[Result | RvgenError]:
         """Make one result per content (each (1, 3, H, W) in [0, 1], all the same size, already
@@ -226,10 +235,12 @@ class Synthesizer:
         ``starts`` (one (1, 3, H, W) image per content, at the canvas size) replaces the task's
         starting image and the pyramid: the images are optimised at the output size only, for
         ``iterations`` (default: the optimiser's), from there (a video frame from the previous
-        result, warped). ``guides`` (one (1, 4, H, W) per content: RGB and a weight per pixel)
-        are the targets of terms on :data:`~rvgen.engine.objective.GUIDE`; without them those
+        result, warped). ``anchors`` (one (1, 4, H, W) per content: RGB and a weight per pixel)
+        are the targets of terms on :data:`~rvgen.engine.objective.ANCHOR`; without them those
         terms weigh nothing. Returns, in order, a :class:`Result` or the
         :class:`~rvgen.errors.RvgenError` that ended that image; the others are unaffected.
+        ``guides``: one mapping per content of its guides (masks, (1, 1, h, w) in [0, 1], any
+        size), for terms with a ``guide`` (:mod:`rvgen.engine.guides`) and the task's ``finish``.
         ``callback(index, progress)`` reports each image's iterations, counted over all levels.
         Each result's ``seconds`` is the whole batch's time (its images were made together);
         ``iterations`` and ``evaluations`` add up all levels; with a pyramid, ``initial_loss``
@@ -248,13 +259,14 @@ class Synthesizer:
             raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
         content = torch.cat([c.to(self.device, torch.float32) for c in contents])
         canvas = tuple(self.task.canvas(content[:1]))
+        guide_of = self._set_guides(guides, len(contents), tuple(content.shape[-2:]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
         if starts is not None:
             factors, budgets = [1.0], [iterations or self.optimizer.iterations]
         else:
             factors = self.pyramid.levels(canvas, self.min_side)
             budgets = self.pyramid.budgets(len(factors), iterations or self.optimizer.iterations)
-        guide = self._guides(guides, content.shape[0], canvas)
+        anchor = self._anchors(anchors, content.shape[0], canvas)
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
         totals = {"iterations": [0] * len(contents), "evaluations": [0] * len(contents)}
@@ -271,8 +283,8 @@ class Synthesizer:
                                             for k, v in adapted.items()})
             if "input" in self.objective.target_names:
                 self.objective.set_targets({"input": level_content})
-            if guide is not None:
-                self.objective.set_targets({GUIDE: resize(guide, shape)})
+            if anchor is not None:
+                self.objective.set_targets({ANCHOR: resize(anchor, shape)})
             start = self._start(level_content, variations, shape)
             self.objective.reset_weights()
             self.objective.auto_weight(start)
@@ -283,7 +295,8 @@ class Synthesizer:
             offset = sum(budgets[:level])
             report, snapshot_at = None, None
             if callback is not None:
-                report = _offset_callback(callback, offset, total, canvas, content, self._finish,
+                report = _offset_callback(callback, offset, total, canvas, content,
+                                          lambda i, image: self._finish(image, content[i : i + 1], guide_of(i)),
                                           (level + 1, len(factors), max(shape)))
                 if self.snapshot_every > 0:
                     every = self.snapshot_every
@@ -310,21 +323,40 @@ class Synthesizer:
             outcome.iterations = totals["iterations"][i]
             outcome.evaluations = totals["evaluations"][i]
             outcome.history = history[i]
-            outcome.image = self._finish(outcome.image, content[i : i + 1])
+            outcome.image = self._finish(outcome.image, content[i : i + 1], guide_of(i))
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
 
-    def _guides(self, guides: Sequence[torch.Tensor] | None, count: int, canvas: tuple[int, int]) -> torch.Tensor | None:
-        """The batch's guide images at the canvas size (weight 0 everywhere where none were
-        given), or None when no term compares with a guide."""
-        if GUIDE not in self.objective.target_names:
+    def _anchors(self, anchors: Sequence[torch.Tensor] | None, count: int, canvas: tuple[int, int]) -> torch.Tensor | None:
+        """The batch's anchors at the canvas size (weight 0 everywhere where none were
+        given), or None when no term compares with an anchor."""
+        if ANCHOR not in self.objective.target_names:
             return None
-        if guides is None:
+        if anchors is None:
             return torch.zeros(count, 4, *canvas, device=self.device)
+        if len(anchors) != count:
+            raise ValueError("one anchor per content")
+        return torch.cat([g.to(self.device, torch.float32) for g in anchors])
+
+    def _set_guides(self, guides: Sequence[Mapping[str, torch.Tensor]] | None, count: int,
+                    shape: tuple[int, int]) -> Callable[[int], dict[str, torch.Tensor]]:
+        """Hand a batch's guides to the objective, each resampled to the inputs' ``shape``;
+        returns image ``i``'s guides (for ``finish``)."""
+        if not guides:
+            if self.objective.guide_names:
+                raise ValueError(f"guides missing: {sorted(self.objective.guide_names)}")
+            self.objective.set_guides({})
+            return lambda i: {}
         if len(guides) != count:
-            raise ValueError("one guide per content")
-        return torch.cat([g.to(self.device, torch.float32) for g in guides])
+            raise ValueError("one mapping of guides per content")
+        names = sorted(guides[0])
+        if any(sorted(g) != names for g in guides):
+            raise ValueError("every content of a batch needs the same guides")
+        stacked = {name: torch.cat([resize_guide(g[name].to(self.device, torch.float32), shape) for g in guides])
+                   for name in names}
+        self.objective.set_guides(stacked)
+        return lambda i: {name: g[i : i + 1] for name, g in stacked.items()}
 
     def _upsample(self, x: torch.Tensor, start: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """A coarser level's result ``x`` as the start of the level of ``shape``: upsampled and,
@@ -343,12 +375,16 @@ class Synthesizer:
         content: torch.Tensor,
         variation: int = 0,
         callback: Callable[[Progress], None] | None = None,
+        guides: Mapping[str, torch.Tensor] | None = None,
     ) -> Result:
-        """Make one result from ``content`` (1, 3, H, W) in [0, 1], already at the output size.
+        """Make one result from ``content`` (1, 3, H, W) in [0, 1], already at the output size
+        (with its ``guides``, if the objective uses some).
 
         Raises the :class:`~rvgen.errors.RvgenError` that ended it, if one did.
         """
-        (outcome,) = self.run_batch([content], [variation], None if callback is None else lambda i, p: callback(p))
+        extra = {} if guides is None else {"guides": [guides]}
+        (outcome,) = self.run_batch([content], [variation], None if callback is None else lambda i, p: callback(p),
+                                    **extra)
         if isinstance(outcome, RvgenError):
             raise outcome
         return outcome
@@ -357,12 +393,12 @@ class Synthesizer:
 def _offset_callback(callback: BatchCallback, offset: int, total: int, canvas: tuple[int, int],
                      content: torch.Tensor, finish: Callable, level: tuple[int, int, int]) -> BatchCallback:
     """Progress of one pyramid level (``level``: its index from 1, the count, its long side),
-    counted over all levels; a snapshot at the canvas size, finished."""
+    counted over all levels; a snapshot at the canvas size, finished (``finish(i, image)``)."""
 
     def report(i: int, p: Progress) -> None:
         image = p.image
         if image is not None:
-            image = finish(resize(image, canvas), content[i : i + 1])
+            image = finish(i, resize(image, canvas))
         callback(i, Progress(offset + p.iteration, total, p.loss, image, Level(*level, p.iteration, p.iterations)))
 
     return report

@@ -52,6 +52,12 @@ class Loss(nn.Module):
     distance up to a constant. A blend of style images is then one term, costing about one
     image; a loss that leaves it False gets one term per image."""
 
+    guidable: ClassVar[bool] = False
+    """True promises the loss compares a mean over positions of a quantity quadratic in the
+    features (a Gram matrix), so features multiplied by ``sqrt(w N / sum w)`` give the
+    ``w``-weighted mean: the engine then takes its statistics under a mask (a guided Gram
+    matrix, :mod:`rvgen.engine.guides`), for masked and per-region styles."""
+
     def __init__(self, **options: Any):
         super().__init__()
         self.options = {**{p.name: p.default for p in self.params}, **options}

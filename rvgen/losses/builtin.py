@@ -58,6 +58,7 @@ class GramLoss(Loss):
     batched = True
     tiled = True
     blendable = True
+    guidable = True
 
     def prepare(self, features: torch.Tensor) -> Any:
         scale = image_scale(features)
@@ -123,19 +124,19 @@ class TotalVariationLoss(Loss):
 
 class TemporalLoss(Loss):
     """Ruder et al.'s short-term temporal loss on the pixels: the weighted mean squared
-    difference between the image and its guide (the previous frame's result warped into this
-    frame), weighted by each pixel's reliability. The target is the guide image itself, RGB
+    difference between the image and its anchor (the previous frame's result warped into this
+    frame), weighted by each pixel's reliability. The target is the anchor image itself, RGB
     and weight (B, 4, H, W), a fixed target: nothing flows back through the warp."""
 
     name = "temporal"
     description = ("video frames: squared difference to the previous result warped by the optical flow, where the "
-                   "flow is reliable (Ruder et al.); use on the pixels layer, target guide")
+                   "flow is reliable (Ruder et al.); use on the pixels layer, target anchor")
     batched = True
     tiled = True
 
     def prepare(self, features: torch.Tensor) -> Any:
-        guide = widen(features.detach())
-        return guide[:, :3], guide[:, 3:4].clamp(0, 1)
+        anchor = widen(features.detach())
+        return anchor[:, :3], anchor[:, 3:4].clamp(0, 1)
 
     def forward(self, features: torch.Tensor, target: Any) -> torch.Tensor:
         image, weight = target

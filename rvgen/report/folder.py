@@ -70,6 +70,11 @@ class Made:
         return clip if isinstance(clip, dict) else None
 
     @property
+    def mask_files(self) -> dict[str, str]:
+        """The mask files the input was styled by, by name (``mask``, ``labels``, ``region1``...)."""
+        return {str(k): str(v) for k, v in (self.data.get("mask_files") or {}).items()}
+
+    @property
     def loss(self) -> float | None:
         loss = self.data.get("loss")
         value = loss.get("final") if isinstance(loss, dict) else None

@@ -2,8 +2,9 @@
 
 It shows the summary figures, the failures with their reasons, the images not yet made, and
 per recipe its resolved TOML, its reference images and a grid of cards, one per input: the
-input beside its results (the variations together), each with its loss curve (an inline SVG
-polyline of the sidecar's history), iterations, time, device and recipe digest. Images are
+input (and the mask files it was styled by) beside its results (the variations together),
+each with its loss curve (an inline SVG polyline of the sidecar's history), iterations,
+time, device and recipe digest. Images are
 thumbnails (:mod:`rvgen.report.thumbs`) linking to the full files by relative paths, so the
 page opens from the disk, and the print style lays the cards out on paper. A clip plays
 (HTML5 ``<video>``) beside its input, with its flicker: the temporal warping error of each
@@ -207,6 +208,9 @@ class PageWriter:
             label = item.name
             source = (f'<figure class="input">{self.image(item.source, label)}<figcaption>input</figcaption></figure>'
                       if item.source else "")
+            masks = item.results[0].mask_files if item.results else {}
+            source += "".join(f'<figure class="input">{self.image(path, name)}<figcaption>{escape(name)}</figcaption>'
+                              f'</figure>' for name, path in masks.items())
             results = "".join(self.result(m) for m in item.results)
             cards.append(f'<article class="card"><h3>{escape(label)}</h3><div class="row">{source}{results}</div>'
                          f'</article>')

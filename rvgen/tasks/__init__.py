@@ -47,6 +47,8 @@ class Task:
     - :meth:`canvas`: the size of the result, given the input at the output size;
     - :meth:`init`: the starting image;
     - :meth:`finish`: a post-process of each result (none by default);
+    - :meth:`guides`, :meth:`guide_patterns`: masks read for each input (none by default), for
+      terms with a ``guide`` and for ``finish``;
     - :meth:`variations`: how many different results to make per input;
     - :attr:`metrics` and :meth:`score`: how ``rvgen compare`` scores a result (none by default);
     - :attr:`layer_option`: the option ``rvgen compare --layers`` sweeps (none by default).
@@ -92,10 +94,28 @@ class Task:
         must keep the reference's size."""
         return image
 
-    def finish(self, result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    def finish(self, result: torch.Tensor, content: torch.Tensor,
+               guides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The result (1, 3, H, W) in [0, 1] as it is handed out, given its input at the output
-        size; applied to every result and snapshot after optimising. The default returns it."""
+        size (and its :meth:`guides`, when it has some); applied to every result and snapshot
+        after optimising. The default returns it."""
         return result
+
+    def guides(self, rel: str, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The guides (masks, each (1, 1, H, W) in [0, 1]) of the input named ``rel`` (relative
+        to ``--input``), given the input at the output size; an
+        :class:`~rvgen.errors.ImageError` makes that image fail (a mask missing). None by default."""
+        return {}
+
+    def guide_patterns(self) -> dict[str, str]:
+        """The files :meth:`guides` reads, by name, as path patterns with ``{stem}`` and
+        ``{relpath}`` (:func:`rvgen.tasks.masks.mask_path` fills them in for an input); their
+        hashes go in each result's sidecar, so a changed mask redoes the image. None by default."""
+        return {}
+
+    def check_references(self, images: Mapping[str, torch.Tensor]) -> None:
+        """Raise a one-line :class:`~rvgen.errors.RecipeError` when a loaded reference image
+        cannot serve (a painting's mask that is all black). The default accepts them all."""
 
     def terms(self) -> list[Term]:
         raise NotImplementedError
