@@ -23,7 +23,7 @@ from rvgen.batch.jobs import plan_jobs
 from rvgen.cli import cli
 from rvgen.errors import RecipeError
 from rvgen.recipe import load_recipe, parse_recipe
-from rvgen.video.io import probe, write_clip
+from rvgen.video.io import probe, read_frames, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +165,28 @@ def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one
     assert "0 done, 5 failed, 2 already done" in text, text
     code, text = run(recipe, "-i", inputs / "vfr.mov", "-o", out, "--force")  # made again, every frame
     assert code == 0 and "1 done" in text and sidecar(out / "vfr.mp4")["clip"]["made"] == 5, text
+
+
+
+def test_a_clips_mask_keeps_its_black_part_as_the_frames_in_every_frame(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_clip(inputs / "pan.mov", frames=3, size=(48, 32))
+    mask = torch.zeros(1, 3, 32, 48)
+    mask[..., 24:] = 1  # the right half is painted, the left half kept: one picture for the whole clip
+    imageio.to_pil(mask).save(tmp_path / "pan.png")
+    recipe = write_recipe(tmp_path / "recipe.toml", STYLE.format(style="skimage:brick").replace(
+        "[optimizer]", f'mask = "{tmp_path.as_posix()}/{{stem}}.png"\n[optimizer]'))
+    code, text = run(recipe, "-i", inputs, "-o", out, "--set", "output.size=48", "--set", "optimizer.scales=1",
+                     "--set", "optimizer.iterations=4", "--set", "video.iterations=2")
+    assert code == 0, text
+    frames = [imageio.load_image(p) for p in sorted((out / "pan.frames").glob("*.png"))]
+    photos = [frame for _, _, frame in read_frames(inputs / "pan.mov", 48)]
+    assert len(frames) == len(photos) == 3
+    for made, photo in zip(frames, photos):
+        kept = (made - photo)[..., :20].abs().max().item()
+        painted = (made - photo)[..., 28:].abs().mean().item()
+        assert kept <= 1 / 255 + 1e-6 and painted > 0.02, (kept, painted)
+    assert sidecar(out / "pan.mp4")["masks"]
 
 
 @pytest.mark.slow

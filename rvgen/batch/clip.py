@@ -240,8 +240,10 @@ class ClipMaker:
         synth = self.pipeline.synth
         content = inputs[index]
         report = self._reporter(job, progress)
+        masks = self.pipeline.guides(job.rel, content)  # the clip's mask, or its rule on this frame
+        guides = None if masks is None else [masks]
         if first:
-            (outcome,) = synth.run_batch([content], [job.variation], report,
+            (outcome,) = synth.run_batch([content], [job.variation], report, guides=guides,
                                          iterations=self.video["first_frame_iterations"])
         else:
             anchor = self.anchor(index, results, flows)
@@ -252,7 +254,7 @@ class ClipMaker:
             fill = content + warp(results[index - nearest] - inputs[index - nearest], flows[nearest][0])
             begin = (weight * anchor[:, :3] + (1 - weight) * fill).clamp(0, 1)
             (outcome,) = synth.run_batch([content], [job.variation], report, starts=[begin], anchors=[anchor],
-                                         iterations=self.video["iterations"])
+                                         guides=guides, iterations=self.video["iterations"])
         if isinstance(outcome, RvgenError):
             raise outcome
         return outcome
