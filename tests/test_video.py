@@ -168,6 +168,7 @@ def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one
 
 
 
+@pytest.mark.slow
 def test_a_clips_mask_keeps_its_black_part_as_the_frames_in_every_frame(tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     make_clip(inputs / "pan.mov", frames=3, size=(48, 32))
