@@ -124,34 +124,17 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     from rvgen.batch.devices import resolve_devices
     from rvgen.batch.jobs import DEFAULT_SAMPLES, parse_shard, plan_jobs, select_shard
     from rvgen.batch.lock import OutputLock
-    from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee, shown
     from rvgen.batch.runner import prepare, remove_leftovers, run_jobs, worker_specs
     from rvgen.batch.sidecar import split_finished
     from rvgen.batch.steps import remove_steps
     from rvgen.batch.summary import RunInfo, WorkerSpec
     from rvgen.imageio import FORMAT_NAMES
-    from rvgen.recipe import VIDEO_CODECS, load_recipe
+    from rvgen.recipe import VIDEO_CODECS
 
-    verbose = bool(ctx.find_root().params.get("verbose"))
-    if backend == "dask" and not scheduler:
-        raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
-    if scheduler and backend != "dask":
-        raise UsageError("--scheduler is for --backend dask")
-    if backend == "dask" and (gpus or devices or workers or threads):
-        raise UsageError("--gpus, --devices, --workers and --threads are for --backend local; "
-                         "a Dask cluster has its own workers")
+    _check_backend(backend, scheduler, local_options=bool(gpus or devices or workers or threads))
     shard_k_n = parse_shard(shard) if shard else None
-    if (recipe is None) == (from_image is None):
-        raise UsageError("give a RECIPE or --from IMAGE (one of them)")
-    named: frozenset[str] = frozenset()
-    if from_image is not None:
-        parsed, named, made_with = _recipe_from_image(from_image, overrides)
-        threads = threads or made_with
-        stem = from_image.stem  # the image's own name: never a path its metadata gives
-    else:
-        recipe = resolve_recipe(recipe)
-        parsed = load_recipe(recipe, overrides)
-        stem = recipe.stem
+    parsed, named, made_with, stem = _run_recipe(recipe, from_image, overrides)
+    threads = threads or made_with
     _warn_plugin_problems(ctx)
     specs = ([WorkerSpec("dask", scheduler)] if scheduler
              else worker_specs(resolve_devices(gpus, devices), workers, threads=threads))
@@ -172,7 +155,8 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
     if not plan.jobs:
         shown = ", ".join(plan.ignored[:3]) + (" ..." if len(plan.ignored) > 3 else "")
         ignored = f"; ignored: {shown}" if shown else ""
-        raise UsageError(f"--input {input_spec}: no images found (looked for {FORMAT_NAMES}){ignored}")
+        raise UsageError(f"--input {input_spec}: no images or clips found (looked for {FORMAT_NAMES} and "
+                         f"video files){ignored}")
     jobs = plan.jobs
     if shard_k_n:
         jobs = select_shard(jobs, *shard_k_n)
@@ -185,26 +169,9 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
         _print_plan(console, plan, jobs, todo, finished, specs, output, shard)
         return
     make_folder(output, "--output")
-    if quiet:
-        reporter = QuietReporter(console, verbose)
-    elif console.is_terminal:
-        reporter = RichReporter(console, verbose)
-    else:
-        reporter = PlainReporter(console, verbose)
-    log = None
-    if log_file is not None:  # first, so that a log it cannot write is in the summary the others show
-        screen = reporter
-        log = JsonLogReporter(log_file, sys.argv, warn=lambda text: screen.say(text, "yellow"))
-        reporter = Tee(log, screen)
-    if not no_report:
-        from rvgen.report import PageReporter
-
-        def warn(line: str) -> None:  # on stderr, and in the log as a "warning" event
-            click.echo(f"Warning: {shown(line)}", err=True)
-            if log is not None:
-                log.write("warning", message=line)
-
-        reporter = Tee(reporter, PageReporter(output, key.recipe, parsed.source, on_error=warn))
+    verbose = bool(ctx.find_root().params.get("verbose"))
+    reporter, log = _reporters(console, quiet, verbose, log_file, None if no_report else output, key.recipe,
+                               parsed.source)
 
     def waiting(line: str) -> None:
         if not quiet:
@@ -230,6 +197,61 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
             log.close()
     ctx.exit(summary.exit_code)
 
+
+
+def _check_backend(backend: str, scheduler: str | None, local_options: bool) -> None:
+    """The options that choose where a run's workers are must agree (one usage line if not)."""
+    if backend == "dask" and not scheduler:
+        raise UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    if scheduler and backend != "dask":
+        raise UsageError("--scheduler is for --backend dask")
+    if backend == "dask" and local_options:
+        raise UsageError("--gpus, --devices, --workers and --threads are for --backend local; "
+                         "a Dask cluster has its own workers")
+
+
+def _run_recipe(recipe: Path | None, from_image: Path | None, overrides: tuple[str, ...]):
+    """The recipe a run makes: (recipe, the keys ``--from`` took from the image, the torch
+    threads the image was made on or None, the name of the default output folder)."""
+    from rvgen.recipe import load_recipe
+
+    if (recipe is None) == (from_image is None):
+        raise UsageError("give a RECIPE or --from IMAGE (one of them)")
+    if from_image is not None:
+        parsed, named, made_with = _recipe_from_image(from_image, overrides)
+        return parsed, named, made_with, from_image.stem  # the image's own name: never a path its metadata gives
+    path = resolve_recipe(recipe)
+    return load_recipe(path, overrides), frozenset(), None, path.stem
+
+
+def _reporters(console: Console, quiet: bool, verbose: bool, log_file: Path | None, page: Path | None,
+               recipe: str, source: str):
+    """What receives a run's events: the screen's reporter (quiet, live or plain lines), the
+    JSON log with ``--log-file`` and the folder's page unless ``--no-report`` (``page`` None).
+    Returns (the reporter, the log or None: it is closed when the run ends)."""
+    from rvgen.batch.reporters import JsonLogReporter, PlainReporter, QuietReporter, RichReporter, Tee, shown
+
+    if quiet:
+        reporter = QuietReporter(console, verbose)
+    elif console.is_terminal:
+        reporter = RichReporter(console, verbose)
+    else:
+        reporter = PlainReporter(console, verbose)
+    log = None
+    if log_file is not None:  # first, so that a log it cannot write is in the summary the others show
+        screen = reporter
+        log = JsonLogReporter(log_file, sys.argv, warn=lambda text: screen.say(text, "yellow"))
+        reporter = Tee(log, screen)
+    if page is not None:
+        from rvgen.report import PageReporter
+
+        def warn(line: str) -> None:  # on stderr, and in the log as a "warning" event
+            click.echo(f"Warning: {shown(line)}", err=True)
+            if log is not None:
+                log.write("warning", message=line)
+
+        reporter = Tee(reporter, PageReporter(page, recipe, source, on_error=warn))
+    return reporter, log
 
 def check_folder(path: Path, option: str, given: Path | None = None) -> None:
     """A usage error unless rvgen could make and write in folder ``path``: the nearest part of it

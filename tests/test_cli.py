@@ -148,7 +148,7 @@ def test_asking_for_a_gpu_that_is_not_there_is_exit_2(tmp_path, photos):
 def test_empty_input_folder_is_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("run", recipe(tmp_path, '[task]\nname = "reconstruct"\n'), "-i", tmp_path / "empty")
-    assert result.exit_code == 2 and "no images found" in result.output
+    assert result.exit_code == 2 and "no images or clips found" in result.output
 
 
 def test_inputs_differing_only_in_extension_keep_it_in_the_name(tmp_path):

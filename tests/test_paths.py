@@ -263,7 +263,7 @@ def test_no_images_found_says_what_was_ignored(tmp_path):
     code, text = run(tmp_path, "-i", folder, "-o", tmp_path / "out")
     assert code == 2
     assert text.strip().splitlines()[-1] == (
-        f"Error: --input {folder}: no images found (looked for {imageio.FORMAT_NAMES}); ignored: 2024 (a link "
+        f"Error: --input {folder}: no images or clips found (looked for {imageio.FORMAT_NAMES} and video files); ignored: 2024 (a link "
         "to a folder, not followed), notes.txt (not an image format)")
 
 
