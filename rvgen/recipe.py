@@ -490,29 +490,10 @@ def parse_recipe(
     ctx = Context(base_dir=base_dir or Path.cwd(), cwd_keys=cwd_keys, losses=registry.names("loss"),
                   find_loss=lambda name, key: registry.get("loss", name, key))
 
-    backbone_data = _table(data, "backbone")
-    backbone_name = _name(backbone_data, "backbone", "random-vgg19")
-    backbone_entry = registry.get("backbone", backbone_name, "backbone.name")
-    backbone = backbone_entry.cls
-    backbone_opts = validate("backbone", backbone_data, backbone.params, ctx, extra=lambda k: k == "name")
-    call_plugin(backbone_entry, "check()", backbone.check, backbone_opts)
-    ctx.layers = call_plugin(backbone_entry, "layer_names()", backbone.layer_names, backbone_opts)
-    ctx.backbone = backbone_name
-
-    losses: dict[str, dict[str, Any]] = {}
-    for loss_name, opts in _table(data, "losses").items():
-        loss = registry.get("loss", loss_name, f"losses.{loss_name}").cls
-        if not isinstance(opts, dict):
-            raise RecipeError(f"losses.{loss_name}: expected a table of the loss's options")
-        losses[loss_name] = validate(f"losses.{loss_name}", opts, loss.params, ctx)
-
-    task_data = _table(data, "task")
-    if "name" not in task_data:
-        raise RecipeError(f"task.name: required; installed tasks: {', '.join(registry.names('task'))}")
-    task_entry = registry.get("task", _name(task_data, "task"), "task.name")
+    backbone_name, backbone, backbone_opts = _parse_backbone(_table(data, "backbone"), ctx, registry)
+    losses = _parse_losses(_table(data, "losses"), ctx, registry)
+    task_entry, task_opts, task = _parse_task(_table(data, "task"), ctx, registry, backbone)
     task_cls = task_entry.cls
-    task_opts = validate("task", task_data, task_cls.params, ctx, extra=lambda k: k == "name")
-    task = call_plugin(task_entry, "__init__()", task_cls, task_opts, backbone.default_layers)
     targets = _task_targets(task, task_entry)
 
     terms = _parse_terms(data.get("terms", []), targets, ctx, registry)
@@ -536,11 +517,10 @@ def parse_recipe(
         raise RecipeError(f"optimizer.tolerance: only lbfgs stops on it; {optimizer['name']} runs all its iterations")
     if optimizer["tile_size"] is not None:
         _check_tileable([*task_terms, *terms], backbone, backbone_name, registry)
-    neutral = neutral_defaults("task", task_opts, task_cls.params) | neutral_defaults(
-        "backbone", backbone_opts, backbone.params
-    ) | neutral_defaults("optimizer", optimizer, OPTIMIZER_PARAMS) | neutral_defaults("output", output, OUTPUT_PARAMS) | neutral_defaults("video", video, VIDEO_PARAMS)
-    for loss_name, opts in losses.items():
-        neutral |= neutral_defaults(f"losses.{loss_name}", opts, registry.get("loss", loss_name, "loss").cls.params)
+    neutral = set().union(*(neutral_defaults(section, values, params) for section, values, params in (
+        ("task", task_opts, task_cls.params), ("backbone", backbone_opts, backbone.params),
+        ("optimizer", optimizer, OPTIMIZER_PARAMS), ("output", output, OUTPUT_PARAMS), ("video", video, VIDEO_PARAMS),
+        *((f"losses.{name}", opts, registry.get("loss", name, "loss").cls.params) for name, opts in losses.items()))))
     recipe = Recipe(
         task={"name": task_cls.name, **task_opts},
         backbone={"name": backbone_name, **backbone_opts},
@@ -560,7 +540,46 @@ def parse_recipe(
         made_as=(BLEND_MEAN,) if any(t.blend and registry.get("loss", t.loss, "loss").cls.blendable
                                      for t in task_terms) else (),
     )
-    seed = task_opts.get("seed")
+    _check_seeds_and_sizes(recipe, task_entry, registry)
+    return recipe
+
+
+def _parse_backbone(table: dict[str, Any], ctx: Context, registry: Registry) -> tuple[str, type[Backbone], dict]:
+    """The ``[backbone]`` table: (name, class, validated options); tells ``ctx`` its layers."""
+    name = _name(table, "backbone", "random-vgg19")
+    entry = registry.get("backbone", name, "backbone.name")
+    backbone = entry.cls
+    options = validate("backbone", table, backbone.params, ctx, extra=lambda k: k == "name")
+    call_plugin(entry, "check()", backbone.check, options)
+    ctx.layers = call_plugin(entry, "layer_names()", backbone.layer_names, options)
+    ctx.backbone = name
+    return name, backbone, options
+
+
+def _parse_losses(table: dict[str, Any], ctx: Context, registry: Registry) -> dict[str, dict[str, Any]]:
+    """The ``[losses.NAME]`` tables: each loss's validated options."""
+    losses: dict[str, dict[str, Any]] = {}
+    for name, options in table.items():
+        loss = registry.get("loss", name, f"losses.{name}").cls
+        if not isinstance(options, dict):
+            raise RecipeError(f"losses.{name}: expected a table of the loss's options")
+        losses[name] = validate(f"losses.{name}", options, loss.params, ctx)
+    return losses
+
+
+def _parse_task(table: dict[str, Any], ctx: Context, registry: Registry, backbone: type[Backbone]):
+    """The ``[task]`` table: (its registry entry, validated options, the task built from them)."""
+    if "name" not in table:
+        raise RecipeError(f"task.name: required; installed tasks: {', '.join(registry.names('task'))}")
+    entry = registry.get("task", _name(table, "task"), "task.name")
+    options = validate("task", table, entry.cls.params, ctx, extra=lambda k: k == "name")
+    return entry, options, call_plugin(entry, "__init__()", entry.cls, options, backbone.default_layers)
+
+
+def _check_seeds_and_sizes(recipe: Recipe, task_entry: Any, registry: Registry) -> None:
+    """Every variation has a seed in range, and no reference image is asked larger than
+    :data:`MAX_SIZE`."""
+    seed = recipe.task.get("seed")
     if isinstance(seed, int) and seed + VARIATION_SEED_STRIDE * (recipe.variations - 1) > SEED_RANGE[1]:
         raise RecipeError(f"task.seed: {seed} leaves no seed for {recipe.variations} variations (variation k draws "
                           f"from seed + {VARIATION_SEED_STRIDE} k, at most {SEED_RANGE[1]}); use a smaller seed")
@@ -568,7 +587,6 @@ def parse_recipe(
         if long_side > MAX_SIZE:
             raise RecipeError(f"task.{name}: the image would be {long_side} px on its long side, more than "
                               f"{MAX_SIZE}; ask for a smaller one")
-    return recipe
 
 
 def _frame_range(text: str) -> str:
