@@ -252,20 +252,11 @@ class Synthesizer:
             return []
         started = time.perf_counter()
         variations = list(variations) if variations is not None else [0] * len(contents)
-        if len(variations) != len(contents):
-            raise ValueError("one variation per content")
-        sizes = {tuple(c.shape[-2:]) for c in contents}
-        if len(sizes) != 1:
-            raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
-        content = torch.cat([c.to(self.device, torch.float32) for c in contents])
+        content = self._batch_of(contents, variations)
         canvas = tuple(self.task.canvas(content[:1]))
         guide_of = self._set_guides(guides, len(contents), tuple(content.shape[-2:]))
         self.objective.tile_size = self.tile_size(canvas, len(contents))
-        if starts is not None:
-            factors, budgets = [1.0], [iterations or self.optimizer.iterations]
-        else:
-            factors = self.pyramid.levels(canvas, self.min_side)
-            budgets = self.pyramid.budgets(len(factors), iterations or self.optimizer.iterations)
+        factors, budgets = self._schedule(canvas, single=starts is not None, iterations=iterations)
         anchor = self._anchors(anchors, content.shape[0], canvas)
         total = sum(budgets)
         errors: list[RvgenError | None] = [None] * len(contents)
@@ -277,14 +268,7 @@ class Synthesizer:
         for level, (factor, budget) in enumerate(zip(factors, budgets)):
             shape = scaled(canvas, factor)
             level_content = resize(content, scaled(tuple(content.shape[-2:]), factor))
-            self._use_references(factor)
-            if adapted:
-                self.objective.set_targets({k: resize(v, scaled(tuple(v.shape[-2:]), factor))
-                                            for k, v in adapted.items()})
-            if "input" in self.objective.target_names:
-                self.objective.set_targets({"input": level_content})
-            if anchor is not None:
-                self.objective.set_targets({ANCHOR: resize(anchor, shape)})
+            self._set_level_targets(factor, shape, level_content, adapted, anchor)
             start = self._start(level_content, variations, shape)
             self.objective.reset_weights()
             self.objective.auto_weight(start)
@@ -298,9 +282,7 @@ class Synthesizer:
                 report = _offset_callback(callback, offset, total, canvas, content,
                                           lambda i, image: self._finish(image, content[i : i + 1], guide_of(i)),
                                           (level + 1, len(factors), max(shape)))
-                if self.snapshot_every > 0:
-                    every = self.snapshot_every
-                    snapshot_at = lambda it, offset=offset: (offset + it) % every == 0  # noqa: E731
+                snapshot_at = self._snapshots(offset)
             config = replace(self.optimizer, iterations=budget, history=memory.history_for(shape, self.optimizer.history))
             outcomes = optimize_batch(self.objective, x0, config, report,
                                       snapshot_at)
@@ -327,6 +309,43 @@ class Synthesizer:
             outcome.seconds = time.perf_counter() - started  # the whole batch's time, setup included
             final.append(outcome)
         return final
+
+    def _batch_of(self, contents: Sequence[torch.Tensor], variations: Sequence[int]) -> torch.Tensor:
+        """The contents as one (B, 3, H, W) float32 batch on the device; they must share a size."""
+        if len(variations) != len(contents):
+            raise ValueError("one variation per content")
+        sizes = {tuple(c.shape[-2:]) for c in contents}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch needs inputs of one size, got {sorted(sizes)}; group them by size")
+        return torch.cat([c.to(self.device, torch.float32) for c in contents])
+
+    def _schedule(self, canvas: tuple[int, int], single: bool, iterations: int | None) -> tuple[list[float], list[int]]:
+        """The pyramid's levels (scale factors, smallest first) and iterations at each; ``single``:
+        the output size alone (a batch given its starting images)."""
+        iterations = iterations or self.optimizer.iterations
+        if single:
+            return [1.0], [iterations]
+        factors = self.pyramid.levels(canvas, self.min_side)
+        return factors, self.pyramid.budgets(len(factors), iterations)
+
+    def _set_level_targets(self, factor: float, shape: tuple[int, int], content: torch.Tensor,
+                           adapted: Mapping[str, torch.Tensor], anchor: torch.Tensor | None) -> None:
+        """Every target of the level at ``factor``: the references', the adapted references',
+        the inputs' (``content`` at this level) and the anchors' (at ``shape``)."""
+        self._use_references(factor)
+        if adapted:
+            self.objective.set_targets({k: resize(v, scaled(tuple(v.shape[-2:]), factor)) for k, v in adapted.items()})
+        if "input" in self.objective.target_names:
+            self.objective.set_targets({"input": content})
+        if anchor is not None:
+            self.objective.set_targets({ANCHOR: resize(anchor, shape)})
+
+    def _snapshots(self, offset: int) -> Callable[[int], bool] | None:
+        """Whether a level's iteration (after ``offset`` of the levels below) hands out its image."""
+        if self.snapshot_every <= 0:
+            return None
+        every = self.snapshot_every
+        return lambda it: (offset + it) % every == 0
 
     def _anchors(self, anchors: Sequence[torch.Tensor] | None, count: int, canvas: tuple[int, int]) -> torch.Tensor | None:
         """The batch's anchors at the canvas size (weight 0 everywhere where none were
