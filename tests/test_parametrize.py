@@ -60,6 +60,7 @@ def style(**optimizer):
     return synth
 
 
+@pytest.mark.slow  # about 12 s on 2 cores
 def test_tolerance_stops_an_image_at_the_first_iteration_its_loss_fell_too_little():
     content = sample("coffee", 48)
     full = style().run(content)  # a style loss levels off within 90 iterations
