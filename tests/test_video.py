@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_RECONSTRUCT, write_recipe, write_sample
 from PIL import Image
-from videos import make_clip, make_cut_clip, write_tone
+from videos import make_clip, make_cut_clip, write_frameless_clip, write_tone
 
 from rvgen import imageio, metrics
 from rvgen.batch.clip import ClipMaker, work_folder
@@ -137,10 +137,7 @@ def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one
     (inputs / "codec.mov").write_bytes(good.replace(b"avc1", b"zzzz"))
     with av.open(str(inputs / "sound.mkv"), "w") as container:
         write_tone(container, "flac", 0.3)
-    with av.open(str(inputs / "none.mkv"), "w") as container:  # a video stream without frames
-        video = container.add_stream("libx264", rate=10)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        write_tone(container, "flac", 0.3)
+    write_frameless_clip(inputs / "none.mkv", 0.3)
     recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT)
     code, text = run(recipe, "-i", inputs, "-o", out)
     assert code == 1 and "2 done, 5 failed" in text, text

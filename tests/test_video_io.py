@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from videos import make_clip, pan_scene, vfr_times, write_scene, write_tone
+from videos import make_clip, pan_scene, vfr_times, write_frameless_clip, write_scene, write_tone
 
 from rvgen.errors import ImageError
 from rvgen.imageio import is_temporary, save_image
@@ -158,10 +158,7 @@ def test_bad_clips_are_refused_with_one_line(tmp_path):
     (tmp_path / "codec.mp4").write_bytes(good.replace(b"avc1", b"zzzz"))
     with av.open(str(tmp_path / "sound.m4a"), "w") as container:
         write_tone(container, "aac", 0.5)
-    with av.open(str(tmp_path / "none.mkv"), "w") as container:  # a video stream without frames
-        video = container.add_stream("libx264", rate=10)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        write_tone(container, "flac", 0.5)
+    write_frameless_clip(tmp_path / "none.mkv", 0.5)
     assert "cannot read video" in one_line_error(tmp_path / "corrupt.mp4")
     assert "cannot read video" in one_line_error(tmp_path / "empty.mp4")
     assert "cannot read video" in one_line_error(tmp_path / "cut.mp4")

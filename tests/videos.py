@@ -161,6 +161,14 @@ def write_tone(container, codec: str, duration: float, rate: int = 44100) -> Non
     container.mux(stream.encode(None))
 
 
+
+def write_frameless_clip(path: Path, audio_seconds: float) -> None:
+    """A file with a video stream that holds no frame, beside some audio."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        write_tone(container, "flac", audio_seconds)
+
 def make_clip(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 10, vfr: bool = False,
               rotation: int = 0, audio: str | bool = False, codec: str = "libx264", **scene_options) -> Clip:
     """A clip of :func:`pan_scene` at ``path`` (container by suffix): ``frames`` frames at
