@@ -34,7 +34,7 @@ from PIL import Image
 
 from rvgen import imageio
 from rvgen.engine import Progress, Result, iter_with_fallback
-from rvgen.engine.pyramid import scaled
+from rvgen.engine.pyramid import resize, scaled
 from rvgen.engine.tiling import Window
 from rvgen.errors import ImageError, RecipeError, RvgenError
 from rvgen.plugins import BUILTIN_SOURCE, Registry, get_registry
@@ -315,7 +315,7 @@ class Pipeline:
         if isinstance(image, Image.Image):
             return self.check_size(imageio.from_pil(image, self.size))
         if isinstance(image, torch.Tensor):
-            return self.check_size(resize(_as_batch(image).clamp(0, 1), self.size))
+            return self.check_size(to_long_side(_as_batch(image).clamp(0, 1), self.size))
         return self.check_size(imageio.load_image(image, self.size))
 
     @property
@@ -411,15 +411,12 @@ class Pipeline:
         return places
 
 
-def resize(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] with its long side at ``long_side``, at full precision (antialiased
-    bicubic, as a tensor: no 8-bit rounding on the way)."""
+def to_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] with its long side at ``long_side``, resized as a tensor by the
+    engine's own resampling (no 8-bit rounding on the way)."""
     h, w = image.shape[-2:]
-    if max(h, w) == long_side:
-        return image
     width, height = imageio.fit_long_side((w, h), long_side)
-    return torch.nn.functional.interpolate(image, size=(height, width), mode="bicubic", antialias=True,
-                                           align_corners=False).clamp(0, 1)
+    return resize(image, (height, width))
 
 
 Painting = str | Path | Image.Image | torch.Tensor
