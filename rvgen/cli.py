@@ -189,8 +189,7 @@ def run(ctx: click.Context, recipe: Path | None, from_image: Path | None, input_
                 for job in todo:
                     if job.clip:
                         clear_work(job)
-            busy = specs[: max(1, len(todo))]  # no worker without an image to make (one image: in this process)
-            run_info = RunInfo(todo, len(finished), plan.ignored, busy, str(output))
+            run_info = RunInfo(todo, len(finished), plan.ignored, specs, str(output))  # run_jobs drops idle workers
             summary = run_jobs(parsed, run_info, reporter, key, scheduler=scheduler)
     finally:
         if log is not None:

@@ -118,6 +118,7 @@ OUTPUT_PARAMS = (
     Param("keep_steps", bool, True, "keep the images save_every wrote once the result is written; false removes them "
           "(and those a killed run left, when the next run starts)", result_neutral=True),
 )
+MAX_PASSES = 32  # sweeps over a shot (Ruder et al.'s artistic-videos makes 15 by default)
 VIDEO_CODECS = {"libx264": "mp4", "libx265": "mp4", "libvpx-vp9": "webm"}
 """The encoders a clip's result may use, and the container (the output's suffix) each goes in."""
 VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a recipe without [video] makes
@@ -127,8 +128,9 @@ VIDEO_PARAMS = (  # clips (rvgen.batch.clip); every default reproduces what a re
     Param("long_term", int, [1], "earlier frames each frame is held to, by offset: [1] the previous one (always "
           "included); [1, 2, 4] also those before, each pixel taking the nearest one that sees it reliably", minimum=1, maximum=64,
           kind="counts", digest_neutral=True),
-    Param("passes", int, 1, "passes over the clip (only 1: multi-pass is not implemented)", minimum=1, maximum=1,
-          digest_neutral=True),
+    Param("passes", int, 1, "sweeps over each shot (Ruder et al.'s multi-pass): the first forward, then backward "
+          "and forward by turns, each frame starting from its result of the sweep before blended with its "
+          "neighbour's, video.iterations a frame a sweep", minimum=1, maximum=MAX_PASSES, digest_neutral=True),
     Param("first_frame_iterations", int, None, "iterations at the output size for the first frame of each shot "
           "(default: the recipe's optimizer.iterations; the pyramid's coarser levels as the recipe says)",
           minimum=1, maximum=MAX_ITERATIONS, nullable=True, digest_neutral=True),
@@ -513,6 +515,9 @@ def parse_recipe(
     description = data.get("description", "")
     if not isinstance(description, str):
         raise RecipeError("description: expected a string")
+    if video["passes"] > 1 and video["temporal_weight"] == 0:
+        raise RecipeError("video.passes: more than one pass ties frames to their neighbours; with "
+                          "video.temporal_weight = 0 each frame is painted on its own (set passes = 1)")
     if optimizer["tolerance"] and optimizer["name"] != "lbfgs":
         raise RecipeError(f"optimizer.tolerance: only lbfgs stops on it; {optimizer['name']} runs all its iterations")
     if optimizer["tile_size"] is not None:

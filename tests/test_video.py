@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -18,8 +19,10 @@ from PIL import Image
 from videos import make_clip, make_cut_clip, write_frameless_clip, write_tone
 
 from rvgen import imageio, metrics
-from rvgen.batch.clip import ClipMaker, work_folder
-from rvgen.batch.jobs import plan_jobs
+from rvgen.batch.clip import ClipMaker, shares, work_folder
+from rvgen.batch.events import ImageAbandoned, ImageDone, ImageFailed, ImageStarted, PartDone
+from rvgen.batch.jobs import Job, plan_jobs, split_clips
+from rvgen.batch.summary import Summary, Tracker
 from rvgen.cli import cli
 from rvgen.errors import RecipeError
 from rvgen.recipe import load_recipe, parse_recipe
@@ -104,7 +107,8 @@ def test_video_keys_absent_or_at_their_defaults_change_no_digest():
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"frames": "5:2"}, "video.frames: expected START:STOP"),
-    ({"passes": 2}, "video.passes: must be at most 1"),
+    ({"passes": 0}, "video.passes: must be at least 1"),
+    ({"passes": 2, "temporal_weight": 0}, "video.passes: more than one pass ties frames to their neighbours"),
     ({"codec": "h264"}, "video.codec: unknown value 'h264'"),
     ({"long_term": [0]}, "video.long_term: each value must be from 1"),
     ({"iterationz": 3}, "video.iterationz: unknown key (did you mean 'iterations'?)"),
@@ -119,9 +123,50 @@ def test_the_anchor_holds_each_pixel_to_the_nearest_reliable_earlier_frame():
     still = torch.zeros(2, 2, 2)
     near = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     far = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    guide = ClipMaker.anchor(2, results, {1: (still, near), 2: (still, far)})
+    guide = ClipMaker.anchor([(results[1], still, near), (results[0], still, far)])  # nearest first
     assert guide[0, 3].tolist() == [[1.0, 1.0], [1.0, 0.0]]  # the weight: seen by one of them, or not at all
     assert torch.allclose(guide[0, 0], torch.tensor([[0.6, 0.2], [0.6, 0.0]]))  # offset 1 where it sees
+
+
+def test_shots_are_dealt_longest_first_to_the_part_with_fewest_frames():
+    shots = [(0, 40), (40, 50), (50, 80), (80, 85)]
+    assert shares(shots, 1) == [shots]
+    assert shares(shots, 2) == [[(0, 40), (80, 85)], [(40, 50), (50, 80)]]  # 45 and 40 frames
+    assert shares(shots, 3) == [[(0, 40)], [(50, 80)], [(40, 50), (80, 85)]]
+    assert shares([(0, 9)], 2) == [[(0, 9)], []]  # one shot: the other part has nothing to do
+
+
+def test_a_clip_with_workers_to_spare_goes_out_in_parts_that_count_as_one_job():
+    out = Path("out")
+    clip, photo = Job("a.mov", "a.mov", out / "a.mp4", clip=True), Job("b.png", "b.png", out / "b.png")
+    parts = split_clips([clip, photo], 3, "run1")
+    assert [(j.rel, j.part and (j.part.index, j.part.count)) for j in parts] == [
+        ("a.mov", (0, 3)), ("a.mov", (1, 3)), ("a.mov", (2, 3)), ("b.png", None)]
+    assert [j.part.count for j in split_clips([clip, replace(clip, rel="c.mov")], 3, "r")] == [1, 1]  # one each
+
+    class Record:
+        def __init__(self):
+            self.events = []
+
+        def handle(self, event):
+            self.events.append(event)
+
+    record = Record()
+    summary = Summary(total=2)
+    tracker = Tracker(summary, record)
+    for event in (ImageStarted("cpu#1", parts[0]), ImageStarted("cpu#2", parts[1]), ImageStarted("cpu#3", parts[2]),
+                  PartDone("cpu#2", parts[1], 4), PartDone("cpu#3", parts[2]), ImageDone("cpu#1", parts[0], 0.1, 9, 1.0),
+                  ImageStarted("cpu#2", photo), ImageFailed("cpu#2", photo, "broken")):
+        tracker(event)
+    assert summary.done == [clip] and summary.failed == [(photo, "broken")] and summary.unfinished == 0
+    assert all(getattr(e, "job", clip).part is None for e in record.events)  # reporters see whole jobs
+    summary = Summary(total=1)
+    tracker = Tracker(summary, record)
+    for event in (ImageFailed("cpu#1", parts[0], "no frames"), ImageFailed("cpu#2", parts[1], "no frames"),
+                  ImageAbandoned("cpu#3", parts[2])):
+        tracker(event)
+    assert summary.failed == [(clip, "no frames")] and not summary.abandoned and summary.exit_code == 1
+    assert isinstance(record.events[-1], PartDone)  # a part ending after its clip ended says only that
 
 
 # -- through rvgen run -------------------------------------------------------------------------
@@ -232,26 +277,30 @@ def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cut_starts_a_new_shot_painted_as_if_alone(tmp_path):
-    """Shots are independent: the second shot of a clip is the clip of that shot alone (which
-    is what would let shots run apart; a clip's shots run one after the other on one worker,
-    while clips spread over the workers)."""
+def test_two_shots_on_two_workers_each_painted_as_if_alone(tmp_path):
+    """A clip's shots are independent: with two workers and one clip, each worker paints one
+    shot, the last to end writes the video, and each shot's frames are those of that shot
+    made alone on one worker."""
     inputs, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log.jsonl"
     make_cut_clip(inputs / "cut.mp4", frames=6, size=(64, 48), cut=3)
-    make_clip(inputs / "pan.mp4", frames=6, size=(64, 48))
     recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT.replace("size = 32", "size = 48")
                           + "keep_frames = true\n")
-    assert run(recipe, "-i", inputs, "-o", out, "--workers", "2", "--log-file", log)[0] == 0
+    code, text = run(recipe, "-i", inputs, "-o", out, "--workers", "2", "--log-file", log)
+    assert code == 0 and "1 done" in text, text
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len({e["worker"] for e in events if e["event"] == "image_done"}) == 2  # a clip on each worker
-    assert sidecar(out / "cut.mp4")["clip"]["shots"] == [0, 3]
-    (inputs / "pan.mp4").unlink()
-    assert run(recipe, "-i", inputs, "-o", tmp_path / "alone", "--set", "video.frames=3:")[0] == 0
+    ended = {e["event"]: e["worker"] for e in events if e["event"] in ("image_done", "part_done")}
+    assert set(ended) == {"image_done", "part_done"} and len(set(ended.values())) == 2, events
+    clip = sidecar(out / "cut.mp4")["clip"]
+    assert clip["shots"] == [0, 3] and sorted(clip["workers"].values()) == [3, 3] and clip["made"] == 6
+    assert probe(out / "cut.mp4").frames == 6 and not work_folder(plan_jobs(str(inputs), out).jobs[0]).exists()
     whole = sorted((out / "cut.frames").glob("*.png"))
-    alone = sorted((tmp_path / "alone" / "cut.frames").glob("*.png"))
-    assert len(whole) == 6 and len(alone) == 3
-    for a, b in zip(whole[3:], alone):
-        assert torch.equal(imageio.load_image(a), imageio.load_image(b))
+    for shot, frames in ((0, "0:3"), (1, "3:")):
+        alone = tmp_path / f"alone{shot}"
+        assert run(recipe, "-i", inputs, "-o", alone, "--set", f"video.frames={frames}")[0] == 0
+        made = sorted((alone / "cut.frames").glob("*.png"))
+        assert len(made) == 3
+        for a, b in zip(whole[3 * shot:], made):
+            assert torch.equal(imageio.load_image(a), imageio.load_image(b))
 
 
 @pytest.mark.slow

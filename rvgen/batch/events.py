@@ -43,8 +43,9 @@ class ImageStarted:
 class Step:
     """An image's progress: ``iteration`` of ``iterations`` counted over all pyramid levels,
     and where that is (``level``: which level, its size, the iteration there; None for one
-    level). A clip's also says which frame: ``frames`` (frames done, of how many) and
-    ``eta`` (seconds left for the clip, once a frame was made)."""
+    level). A clip's also says which frame: ``frames`` (the frame being made, from 0, of
+    how many), ``passes`` (which pass of how many, with ``video.passes`` > 1) and ``eta``
+    (seconds left for the worker's share of the clip, once a frame was made)."""
 
     worker: str
     job: Job
@@ -54,11 +55,12 @@ class Step:
     level: Level | None = None
     frames: tuple[int, int] | None = None
     eta: float | None = None
+    passes: tuple[int, int] | None = None
 
     @property
     def stage(self) -> str:
         """'level 2/3, 192 px: iteration 40/50', or 'iteration 40/300' for a single scale;
-        a clip's is preceded by 'frame 12/48, ETA 2m10s: '."""
+        a clip's is preceded by 'frame 12/48, ETA 2m10s: ' ('pass 2/3, frame 12/48, ...' with passes)."""
         level = self.level
         if level is None or level.count <= 1:
             stage = f"iteration {self.iteration}/{self.iterations}"
@@ -67,7 +69,8 @@ class Step:
         if self.frames is None:
             return stage
         eta = "" if self.eta is None else f", ETA {duration(self.eta)}"
-        return f"frame {self.frames[0] + 1}/{self.frames[1]}{eta}: {stage}"
+        sweep = "" if self.passes is None else f"pass {self.passes[0]}/{self.passes[1]}, "
+        return f"{sweep}frame {self.frames[0] + 1}/{self.frames[1]}{eta}: {stage}"
 
 
 def duration(seconds: float) -> str:
@@ -128,4 +131,14 @@ class ImageAbandoned:
     job: Job
 
 
-Event = WorkerReady | WorkerFailed | ImageStarted | Step | ImageDone | ImageFailed | ImageAbandoned
+@dataclass(frozen=True)
+class PartDone:
+    """A worker made its share of a clip's shots (``frames``: the frame passes it made now);
+    another part of the clip writes the video (:mod:`rvgen.batch.clip`)."""
+
+    worker: str
+    job: Job
+    frames: int = 0
+
+
+Event = WorkerReady | WorkerFailed | ImageStarted | Step | ImageDone | ImageFailed | ImageAbandoned | PartDone

@@ -27,7 +27,8 @@ import posixpath
 import re
 import stat
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from rvgen.errors import UsageError
@@ -39,12 +40,29 @@ STEP_NAME = re.compile(r"(.+)\.iter\d+(\.[^./]+)", re.DOTALL)  # what Job.step m
 
 
 @dataclass(frozen=True)
+class Part:
+    """One of ``count`` shares of a clip's shots (``index`` from 0), in the run ``run``: the
+    parts of one clip go to several workers, and the last to end writes the video
+    (:mod:`rvgen.batch.clip`)."""
+
+    index: int
+    count: int
+    run: str  # the run's token: parts of one run share the clip's kept frames
+
+
+@dataclass(frozen=True)
 class Job:
     source: str  # a file path, or skimage:NAME
     rel: str  # the input's name relative to --input, shown to users
     output: Path
     variation: int = 0
     clip: bool = False  # a video: frames in, a video out (rvgen.batch.clip)
+    part: Part | None = None  # a clip's share of shots, when several workers make it
+
+    @property
+    def whole(self) -> Job:
+        """The job itself, not a part of it: what the plan, the summary and the reporters count."""
+        return self if self.part is None else replace(self, part=None)
 
     @property
     def sidecar(self) -> Path:
@@ -304,6 +322,17 @@ def plan_jobs(input_spec: str, output_dir: Path, variations: int = 1, fmt: str =
     _check_outputs(jobs, output_dir, steps)
     _check_name_lengths(jobs, output_dir, steps)
     return Plan(jobs=jobs, ignored=ignored)
+
+
+def split_clips(jobs: Sequence[Job], workers: int, run: str) -> list[Job]:
+    """The jobs as workers take them: with fewer clips than ``workers``, each clip as
+    ``workers // clips`` parts in a row, so that workers with nothing else to do paint its
+    shots (a clip of one shot leaves the other parts nothing to do); else each clip whole,
+    one to a worker. Every clip gets a :class:`Part`, with the run's token ``run``."""
+    clips = sum(job.clip for job in jobs)
+    count = max(1, workers // clips) if clips else 1
+    return [replace(job, part=Part(k, count, run)) if job.clip else job
+            for job in jobs for k in range(count if job.clip else 1)]
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from rvgen.batch.events import (
     ImageDone,
     ImageFailed,
     ImageStarted,
+    PartDone,
     Step,
     WorkerFailed,
     WorkerReady,
@@ -161,6 +162,11 @@ class PlainReporter(_Base):
     def on_ImageAbandoned(self, event: ImageAbandoned) -> None:
         self.say(f"abandoned: {shown(event.job.rel)} (stopped before it was finished; nothing written)", "yellow")
 
+    def on_PartDone(self, event: PartDone) -> None:
+        if event.frames:
+            self.say(f"{shown(event.job.rel)}{self.where(event)}: made its share of the shots ({event.frames} "
+                     "frame(s)); another worker writes the clip")
+
 
 class QuietReporter(_Base):
     """Only failures and the summary."""
@@ -234,6 +240,10 @@ class RichReporter(_Base):
 
     def on_ImageAbandoned(self, event: ImageAbandoned) -> None:
         self.progress.update(self._row(event.worker), info="stopped")
+
+    def on_PartDone(self, event: PartDone) -> None:
+        row = self._row(event.worker)
+        self.progress.update(row, info=f"idle · {self.made[event.worker]} done")
 
     def on_WorkerFailed(self, event: WorkerFailed) -> None:
         self.progress.update(self._row(event.worker), info="did not start")

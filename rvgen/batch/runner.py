@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 import stat
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from rvgen.batch.jobs import split_clips
 from rvgen.batch.local import run_inline, run_processes
 from rvgen.batch.remote import run_dask
 from rvgen.batch.sidecar import RunKey
@@ -63,17 +65,19 @@ def run_jobs(
     start = time.perf_counter()
     # Every SIGINT and SIGTERM from here to the summary is recorded, never lost and never
     # raised in the middle of the reporters: the summary and the log's end are always written.
-    if len(run.workers) > max(1, len(run.jobs)):  # a worker with nothing to do would only cost its start
-        run = replace(run, workers=list(run.workers[:max(1, len(run.jobs))]))
+    # A clip with workers to spare goes out in parts, its shots shared among them.
+    jobs = split_clips(run.jobs, 1 if scheduler is not None else len(run.workers), uuid.uuid4().hex[:16])
+    if len(run.workers) > max(1, len(jobs)):  # a worker with nothing to do would only cost its start
+        run = replace(run, workers=list(run.workers[:max(1, len(jobs))]))
     with stop_signals(raising=False) as signals:
         reporter.start(run)
         if run.jobs:
             if scheduler is not None:
-                run_dask(recipe, key, run.jobs, tracker, scheduler, keep_images)
+                run_dask(recipe, key, jobs, tracker, scheduler, keep_images)
             elif len(run.workers) == 1:
-                run_inline(recipe, key, run.jobs, run.workers[0], tracker, registry, keep_images)
+                run_inline(recipe, key, jobs, run.workers[0], tracker, registry, keep_images)
             else:
-                run_processes(recipe, key, run.jobs, run.workers, tracker, keep_images)
+                run_processes(recipe, key, jobs, run.workers, tracker, keep_images)
         if summary.signal is None:
             summary.signal = signals.first
         summary.seconds = time.perf_counter() - start

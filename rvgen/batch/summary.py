@@ -6,10 +6,18 @@ whose exit code the command ends with."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from rvgen.batch.events import Event, ImageAbandoned, ImageDone, ImageFailed, ImageStarted, WorkerFailed
+from rvgen.batch.events import (
+    Event,
+    ImageAbandoned,
+    ImageDone,
+    ImageFailed,
+    ImageStarted,
+    PartDone,
+    WorkerFailed,
+)
 from rvgen.batch.jobs import Job
 from rvgen.batch.signals import EXIT_FOR_SIGNAL
 
@@ -71,25 +79,39 @@ class Reporter(Protocol):
 
 
 class Tracker:
-    """Keeps the summary from the events and passes each on to the reporter."""
+    """Keeps the summary from the events and passes each on to the reporter.
+
+    The parts of a clip (:attr:`~rvgen.batch.jobs.Job.part`) are one job to the summary and
+    the reporters: events reach them with the whole job, and each job ends once. A part that
+    fails or is abandoned after the clip already ended (its other part failed, or the run
+    was stopped) is passed on as a :class:`PartDone`."""
 
     def __init__(self, summary: Summary, reporter: Reporter):
         self.summary, self.reporter = summary, reporter
         self.current: dict[str, Job] = {}  # worker -> the job it is on
+        self.ended: set[Job] = set()
 
     def __call__(self, event: Event) -> None:
         s = self.summary
+        job = getattr(event, "job", None)
+        if job is not None and job.part is not None:
+            event = replace(event, job=job.whole)
+        if isinstance(event, (ImageDone, ImageFailed, ImageAbandoned)):
+            self.current.pop(event.worker, None)
+            if event.job in self.ended:
+                event = PartDone(event.worker, event.job)
+            else:
+                self.ended.add(event.job)
         if isinstance(event, ImageStarted):
             self.current[event.worker] = event.job
+        elif isinstance(event, PartDone):
+            self.current.pop(event.worker, None)
         elif isinstance(event, ImageDone):
             s.done.append(event.job)
-            self.current.pop(event.worker, None)
         elif isinstance(event, ImageFailed):
             s.failed.append((event.job, event.reason))
-            self.current.pop(event.worker, None)
         elif isinstance(event, ImageAbandoned):
             s.abandoned.append(event.job)
-            self.current.pop(event.worker, None)
         elif isinstance(event, WorkerFailed):
             s.problems.append(f"worker {event.worker} did not start: {event.reason}")
         self.reporter.handle(event)

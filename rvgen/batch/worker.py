@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from itertools import islice
 
 import torch
 
@@ -27,6 +26,7 @@ from rvgen.batch.events import (
     ImageDone,
     ImageFailed,
     ImageStarted,
+    PartDone,
     Step,
 )
 from rvgen.batch.jobs import Job
@@ -177,16 +177,29 @@ class Worker:
         self._attempt(job, make, lambda result: self._finish(job, result))
 
     def make_clip(self, job: Job) -> None:
-        """A clip job, frame by frame (:class:`~rvgen.batch.clip.ClipMaker`), its video and
-        sidecar written at the end (the frames made so far are kept when it stops or fails)."""
+        """A clip job (or this worker's part of one), frame by frame
+        (:class:`~rvgen.batch.clip.ClipMaker`), its video and sidecar written at the end by
+        the part that ends last (the frames made so far are kept when it stops or fails)."""
+        made = 0
 
-        def make() -> Result:
+        def make() -> Result | None:
+            nonlocal made
             if self.clips is None:
                 self.clips = ClipMaker(Pipeline(self.recipe, self.device, self.registry, clips=True), self.key,
                                        self.name, self.device, self.threads, self.emit, self.should_stop)
-            return self.clips.make(job)
+            before = self.clips.made
+            try:
+                return self.clips.make(job)
+            finally:
+                made = self.clips.made - before
 
-        self._attempt(job, make, lambda result: self.emit(done(self.name, job, result, self.keep_images)))
+        def finish(result: Result | None) -> None:
+            if result is None:  # another part of the clip writes it
+                self.emit(PartDone(self.name, job, made))
+            else:
+                self.emit(done(self.name, job, result, self.keep_images))
+
+        self._attempt(job, make, finish)
 
     def make_batch(self, jobs: Sequence[Job]) -> None:
         """Several jobs optimised together (grouped by size, split further if memory runs out).
@@ -237,12 +250,18 @@ class Worker:
                     self.make(job)
 
     def run(self, jobs: Iterable[Job]) -> None:
+        """Jobs until none are left, as many at a time as a batch holds; a clip ends a take
+        (its frames are made one by one, and its other parts are left to other workers)."""
         jobs = iter(jobs)
         take = self.pipeline.batch_size(MAX_TAKE)
         while True:
             if self.should_stop():
                 raise Stopped
-            batch = list(islice(jobs, take))
+            batch = []
+            for job in jobs:
+                batch.append(job)
+                if job.clip or len(batch) >= take:
+                    break
             if not batch:
                 return
             self.make_batch(batch)
