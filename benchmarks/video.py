@@ -19,6 +19,12 @@ distance at most 15% higher.
     python benchmarks/video.py --size 96 --frames 8 --set video.temporal_weight=500
     python benchmarks/video.py --seconds 2 --size 256 --strip docs/images/video-strip.jpg
                                                                 # time a 2-second clip end to end
+    python benchmarks/video.py --shots 2                        # one clip of 2 shots: 1 worker vs 2
+
+With ``--shots N`` it makes one clip of ``N`` shots instead (cuts between photos, each shot
+``--frames`` long) and runs it with one worker and with ``N`` (each on one torch thread), and
+prints the wall time and the CPU time (user + system) of each and their ratios: the shots of
+one clip shared among workers.
 
 Run it alone: it takes minutes, on one torch thread (--threads).
 """
@@ -38,11 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
-from videos import make_clip  # noqa: E402
+from videos import make_clip, pan_scene  # noqa: E402
 
 from rvgen import imageio, metrics  # noqa: E402
 from rvgen.recipe import load_recipe  # noqa: E402
 from rvgen.shipped import resolve as resolve_recipe  # noqa: E402
+from rvgen.video.io import write_clip  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -61,11 +68,11 @@ def strip(path: Path, clip: Path, frames: Path, count: int = 4) -> None:
     imageio.save_image(torch.cat(rows, dim=2), path, "jpg", 88)
 
 
-def run(recipe: str, clip: Path, out: Path, overrides: list[str], threads: int) -> dict:
+def run(recipe: str, clip: Path, out: Path, overrides: list[str], threads: int, workers: int = 1) -> dict:
     """One ``rvgen run`` of the clip: its sidecar's figures, the frames' Gram distance and the
     CPU time per frame."""
     command = [sys.executable, "-m", "rvgen", "run", recipe, "--input", str(clip), "--output", str(out),
-               "--workers", "1", "--threads", str(threads), "--no-report", "--quiet",
+               "--workers", str(workers), "--threads", str(threads), "--no-report", "--quiet",
                "--set", "video.keep_frames=true", *[item for o in overrides for item in ("--set", o)]]
     before, began = cpu_seconds(), time.perf_counter()
     subprocess.run(command, check=True)
@@ -78,7 +85,26 @@ def run(recipe: str, clip: Path, out: Path, overrides: list[str], threads: int) 
     gram = sum(metrics.gram_distance(imageio.load_image(f), style) for f in frames) / len(frames)
     flicker = data["clip"]["flicker"]
     return {"warping": flicker["result"], "input": flicker["input"], "gram": gram, "cpu": cpu / len(frames),
-            "wall": wall, "frames": len(frames)}
+            "wall": wall, "frames": len(frames), "workers": data["clip"]["workers"]}
+
+
+def shots(args: argparse.Namespace, folder: Path, size: tuple[int, int], common: list[str]) -> None:
+    """One clip of ``args.shots`` shots with one worker and with as many as shots."""
+    photos = ["astronaut", "coffee", "chelsea", "rocket", "camera"]
+    clip = folder / "shots.mp4"
+    frames = []
+    for k in range(args.shots):
+        scene = pan_scene(args.frames, size, shift=(1, 0), square_shift=(1, 1), photo=photos[k % len(photos)])
+        frames += scene.frames
+    write_clip(frames, [k / args.fps for k in range(len(frames))], clip)
+    figures = {n: run(args.recipe, clip, folder / f"w{n}", common + args.overrides, args.threads, n)
+               for n in (1, args.shots)}
+    print(f"one clip of {args.shots} shots x {args.frames} frames at {size[0]}x{size[1]} px, recipe {args.recipe}")
+    print(f"{'workers':10}{'wall s':>10}{'CPU s':>10}  frames made by each worker")
+    for n, r in figures.items():
+        print(f"{n:<10}{r['wall']:>10.0f}{r['cpu'] * r['frames']:>10.0f}  {r['workers']}")
+    one, many = figures[1], figures[args.shots]
+    print(f"{'ratio':10}{many['wall'] / one['wall']:>10.2f}{many['cpu'] / one['cpu']:>10.2f}")
 
 
 def main() -> None:
@@ -90,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="only time the default settings on a clip this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--strip", type=Path, help="with --seconds: write input and result frames as this JPEG")
+    parser.add_argument("--shots", type=int, help="time one clip of this many shots on 1 worker and on as many")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for the default run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,6 +124,8 @@ def main() -> None:
     common = [f"output.size={args.size}"]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
+        if args.shots:
+            return shots(args, folder, size, common)
         if args.seconds:
             frames = round(args.seconds * args.fps)
             clip = make_clip(folder / "clip.mp4", frames=frames, size=size, fps=args.fps, shift=(1, 0),

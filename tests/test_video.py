@@ -210,6 +210,25 @@ def test_a_clip_keeps_its_timestamps_and_audio_and_bad_clips_fail_alone_with_one
 
 
 
+def test_more_passes_sweep_every_frame_again_backward_then_forward(tmp_path):
+    inputs = tmp_path / "in"
+    make_clip(inputs / "pan.mp4", frames=4, size=(48, 36))
+    recipe = write_recipe(tmp_path / "recipe.toml", CLIP_RECONSTRUCT.replace("size = 32", "size = 48")
+                          + "keep_frames = true\n")
+    made = {}
+    for passes in (1, 3):
+        out = tmp_path / f"passes{passes}"
+        code, text = run(recipe, "-i", inputs, "-o", out, "--set", f"video.passes={passes}")
+        assert code == 0, text
+        data = sidecar(out / "pan.mp4")
+        made[passes] = (data, [imageio.load_image(p) for p in sorted((out / "pan.frames").glob("*.png"))])
+        assert data["clip"]["passes"] == passes and data["clip"]["made"] == 4
+        assert not (out / ".rvgen-pan.mp4.frames").exists()
+    (one, first), (three, last) = made[1], made[3]
+    assert 4 < three["iterations"] - one["iterations"] <= 2 * 4 * 2  # two sweeps more, at most 2 iterations a frame
+    assert three["recipe"]["digest"] != one["recipe"]["digest"]
+    assert len(last) == 4 and all(not torch.equal(a, b) for a, b in zip(first, last))
+
 @pytest.mark.slow
 def test_a_clips_mask_keeps_its_black_part_as_the_frames_in_every_frame(tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
@@ -274,6 +293,36 @@ def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
     assert data["clip"]["made"] == 8 - len(kept)  # the rest were not made again
     assert all((out / "pan.frames" / name).read_bytes() == content for name, content in kept.items())
     assert probe(out / "pan.mp4").frames == 8 and not work.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_second_pass_then_resume_makes_the_clip_an_unbroken_run_makes(tmp_path):
+    inputs = tmp_path / "in"
+    make_clip(inputs / "pan.mp4", frames=6, size=(64, 48))
+    recipe = write_recipe(tmp_path / "recipe.toml", TINY_RECONSTRUCT.replace("iterations = 2", "iterations = 40")
+                          .replace("size = 32", "size = 64")
+                          + "\n[video]\niterations = 30\npasses = 3\nkeep_frames = true\n")
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "rvgen", "run", str(recipe), "-i", str(inputs), "-o", str(out), "--no-report"]
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert subprocess.run(command(whole), env=env(), capture_output=True, timeout=300).returncode == 0
+    work = broken / ".rvgen-pan.mp4.frames"
+    proc = subprocess.Popen(command(broken), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((work / "pass2").glob("*.png.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    second = len(list((work / "pass2").glob("*.png.json")))
+    assert len(list((work / "pass1").glob("*.png.json"))) == 6 and 3 <= second and not list(work.glob("*.png"))
+    done = subprocess.run(command(broken), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 done" in done.stdout, done.stdout + done.stderr
+    assert sidecar(broken / "pan.mp4")["clip"]["passes"] == 3 and sidecar(broken / "pan.mp4")["clip"]["made"] == 6
+    for a, b in zip(sorted((whole / "pan.frames").glob("*.png")), sorted((broken / "pan.frames").glob("*.png")),
+                    strict=True):
+        assert torch.equal(imageio.load_image(a), imageio.load_image(b)), a.name
 
 
 @pytest.mark.slow
