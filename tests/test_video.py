@@ -299,9 +299,9 @@ def test_kill_9_mid_clip_then_resume_without_redoing_finished_frames(tmp_path):
 def test_kill_9_in_the_second_pass_then_resume_makes_the_clip_an_unbroken_run_makes(tmp_path):
     inputs = tmp_path / "in"
     make_clip(inputs / "pan.mp4", frames=6, size=(64, 48))
-    recipe = write_recipe(tmp_path / "recipe.toml", TINY_RECONSTRUCT.replace("iterations = 2", "iterations = 40")
+    recipe = write_recipe(tmp_path / "recipe.toml", TINY_RECONSTRUCT.replace("iterations = 2", "iterations = 20")
                           .replace("size = 32", "size = 64")
-                          + "\n[video]\niterations = 30\npasses = 3\nkeep_frames = true\n")
+                          + "\n[video]\niterations = 15\npasses = 3\nkeep_frames = true\n")
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "rvgen", "run", str(recipe), "-i", str(inputs), "-o", str(out), "--no-report"]

@@ -189,8 +189,10 @@ class Work:
             return not state.get("written")
         if state is None or state.get("key") != self.key:
             for path in self.folder.iterdir():
-                if path.name != LOCK_NAME:
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.name != LOCK_NAME:
+                    path.unlink()
         else:
             for path in self.folder.rglob("*"):
                 if imageio.is_temporary(path.name):
