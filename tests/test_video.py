@@ -228,6 +228,8 @@ def test_more_passes_sweep_every_frame_again_backward_then_forward(tmp_path):
     assert 4 < three["iterations"] - one["iterations"] <= 2 * 4 * 2  # two sweeps more, at most 2 iterations a frame
     assert three["recipe"]["digest"] != one["recipe"]["digest"]
     assert len(last) == 4 and all(not torch.equal(a, b) for a, b in zip(first, last))
+    assert CliRunner().invoke(cli, ["report", str(tmp_path / "passes3")]).exit_code == 0
+    assert "4 in 1 shot(s), 3 passes" in (tmp_path / "passes3" / "index.html").read_text()
 
 @pytest.mark.slow
 def test_a_clips_mask_keeps_its_black_part_as_the_frames_in_every_frame(tmp_path):
@@ -342,6 +344,8 @@ def test_two_shots_on_two_workers_each_painted_as_if_alone(tmp_path):
     clip = sidecar(out / "cut.mp4")["clip"]
     assert clip["shots"] == [0, 3] and sorted(clip["workers"].values()) == [3, 3] and clip["made"] == 6
     assert probe(out / "cut.mp4").frames == 6 and not work_folder(plan_jobs(str(inputs), out).jobs[0]).exists()
+    assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    assert "made by</dt><dd>cpu#1 (3), cpu#2 (3)" in (out / "index.html").read_text()
     whole = sorted((out / "cut.frames").glob("*.png"))
     for shot, frames in ((0, "0:3"), (1, "3:")):
         alone = tmp_path / f"alone{shot}"

@@ -160,7 +160,8 @@ SIDECAR = {
     "versions?": Map(str),
     "plugins?": Map(str),
     "clip?": {  # a clip's (rvgen.batch.clip)
-        "frames": int, "shots?": List(int), "fps?": NUMBER, "duration?": NUMBER, "made?": int,
+        "frames": int, "shots?": List(int), "passes?": int, "fps?": NUMBER, "duration?": NUMBER, "made?": int,
+        "workers?": Map(int),
         "flicker?": {"result": NUMBER, "input": NUMBER, "ratio?": Opt(NUMBER), "frames?": List(List(NUMBER, 3))},
     },
 }

@@ -185,7 +185,10 @@ class PageWriter:
         clip = made.clip
         flicker = clip.get("flicker") if clip else None
         if clip:
-            facts[1:1] = [("frames", f"{clip.get('frames', '?')} in {len(clip.get('shots') or [0])} shot(s)")]
+            passes = f", {clip['passes']} passes" if clip.get("passes", 1) > 1 else ""
+            facts[1:1] = [("frames", f"{clip.get('frames', '?')} in {len(clip.get('shots') or [0])} shot(s){passes}")]
+            if len(clip.get("workers") or {}) > 1:  # its shots shared among workers
+                facts.append(("made by", ", ".join(f"{w} ({n})" for w, n in sorted(clip["workers"].items()))))
         if isinstance(flicker, dict):
             facts[1:1] = [("flicker", f"{flicker.get('result', 0):.2e} (input {flicker.get('input', 0):.2e})")]
         rows = "".join(f"<dt>{name}</dt><dd>{value if name == 'recipe' else escape(value)}</dd>"
