@@ -44,7 +44,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", [  # style (Gram matrices summed over tiles) in the quick suite, the others slow
+    pytest.param(name, marks=() if name == "style" else pytest.mark.slow) for name in sorted(TASKS)])
 def test_tiled_loss_and_gradient_equal_the_untiled_ones_with_the_full_halo(task):
     """160 px in 64 px tiles, float64: 9 tiles, each read with its halo, none of them the whole
     image. The two passes give the whole image's loss and gradient."""
