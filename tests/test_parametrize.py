@@ -41,7 +41,7 @@ def test_a_step_in_fourier_moves_low_frequencies_and_luminance_more_than_pixels_
     assert grey.pow(2).mean() > 3 * (step - grey).pow(2).mean()  # mostly luminance
 
 
-@pytest.mark.parametrize("name", ["lbfgs", "adam"])
+@pytest.mark.parametrize("name", ["lbfgs", pytest.param("adam", marks=pytest.mark.slow)])  # adam's: with the slow ones
 def test_a_fourier_inversion_lowers_the_loss_and_keeps_the_pixels_in_range(name):
     content = sample("coffee", 48)
     synth = reconstruct(name=name, parametrization="fourier", iterations=40 if name == "lbfgs" else 150,

@@ -210,7 +210,7 @@ def test_the_tiled_evaluation_passes_no_gradient_at_the_range_edges_as_the_until
     assert relative(tiled_grad, grad) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["lbfgs", "adam"])
+@pytest.mark.parametrize("name", ["lbfgs", pytest.param("adam", marks=pytest.mark.slow)])  # adam's: with the slow ones
 def test_tiled_and_untiled_pyramid_runs_give_the_same_pixels(name):
     """The issue's case: recipes/reconstruct.toml on a 64 px photo, two levels (32 and 64 px),
     4 iterations each, in 16 px tiles or whole. (The optimisers amplify rounding where a
