@@ -12,7 +12,7 @@ from videos import make_clip, pan_scene, vfr_times, write_frameless_clip, write_
 
 from rvgen.errors import ImageError
 from rvgen.imageio import is_temporary, save_image
-from rvgen.video.io import VIDEO_SUFFIXES, is_video_file, probe, read_frames, write_clip
+from rvgen.video.io import VIDEO_SUFFIXES, Frames, is_video_file, probe, read_frames, write_clip
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -188,3 +188,15 @@ def test_other_codecs_and_containers(tmp_path):
     write_scene(tmp_path / "b.mkv", scene, [0, 0.1, 0.2], codec="mpeg4")
     assert probe(tmp_path / "b.mkv").codec == "mpeg4"
     assert not any(is_temporary(p.name) for p in tmp_path.iterdir())
+
+
+def test_decoded_frames_are_held_as_their_levels_and_handed_back_bit_for_bit(tmp_path):
+    clip = make_clip(tmp_path / "pan.mp4", frames=3, size=(48, 36))
+    decoded = [frame for _, _, frame in read_frames(clip.path, None)]
+    deep = torch.randint(0, 65536, (1, 3, 36, 48)).float().div_(65535.0)  # a 10-bit or 16-bit source's levels
+    other = torch.rand(1, 3, 36, 48)
+    frames = Frames([*decoded, deep, other])
+    assert len(frames) == 5 and all(torch.equal(a, b) for a, b in zip(frames, [*decoded, deep, other]))
+    pixels = 3 * 36 * 48
+    assert frames.nbytes == 3 * pixels + 2 * pixels + 4 * pixels  # 8-bit, 16-bit, float
+

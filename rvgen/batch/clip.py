@@ -53,7 +53,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ from rvgen.errors import ImageError, RvgenError
 from rvgen.pipeline import Pipeline
 from rvgen.recipe import frame_range
 from rvgen.video.flow import optical_flow, reliability, scene_cuts, warp, warping_error
-from rvgen.video.io import ClipInfo, probe, read_frames, write_clip
+from rvgen.video.io import ClipInfo, Frames, probe, read_frames, write_clip
 
 STATE_FILE = "state.json"
 FORMAT = 2  # of the work folder: a folder of another format is started afresh
@@ -139,7 +139,7 @@ class Motion:
     """The input's optical flow between two of its frames, each way computed once while the
     sweep still needs it (the most recent ``keep`` flows are held)."""
 
-    def __init__(self, frames: list[torch.Tensor], keep: int = 32):
+    def __init__(self, frames: Sequence[torch.Tensor], keep: int = 32):
         self.frames, self.keep = frames, keep
         self._flows: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
@@ -291,12 +291,13 @@ class ClipMaker:
                 "variation": job.variation, "input": input_identity(job.source)["sha256"], "threads": self.threads,
                 "numerics": [str(numerics.precision), str(numerics.layout)]}
 
-    def _decode(self, job: Job) -> tuple[list[torch.Tensor], list[float], ClipInfo]:
-        """The clip's frames at the output size, their times and what the container says."""
+    def _decode(self, job: Job) -> tuple[Frames, list[float], ClipInfo]:
+        """The clip's frames at the output size (held as 8-bit levels), their times and what
+        the container says."""
         source = Path(job.source)
         selection, fps = frame_range(self.video["frames"]), self.video["fps"]
         info = probe(source, selection, fps)
-        inputs, times = [], []
+        inputs, times = Frames(), []
         for _, moment, frame in read_frames(source, self.recipe.output["size"], selection, fps):
             inputs.append(self.pipeline.check_size(frame))
             times.append(moment)
@@ -309,7 +310,7 @@ class ClipMaker:
                              "their motion, so its results need the frames' size (leave task.size unset)")
         return inputs, times, info
 
-    def _write(self, job: Job, part: Part, inputs: list[torch.Tensor], times: list[float], info: ClipInfo,
+    def _write(self, job: Job, part: Part, inputs: Sequence[torch.Tensor], times: list[float], info: ClipInfo,
                shots: list[tuple[int, int]], work: Path) -> Result:
         """The video from every frame, then its sidecar (with the flicker); the frames removed."""
         paths = [work / frame_name(t) for t in range(len(inputs))]
@@ -344,7 +345,7 @@ class ClipMaker:
         return result
 
     @staticmethod
-    def _flicker(inputs: list[torch.Tensor], paths: list[Path], shots: list[tuple[int, int]]) -> Flicker:
+    def _flicker(inputs: Sequence[torch.Tensor], paths: list[Path], shots: list[tuple[int, int]]) -> Flicker:
         """The result's temporal warping error, and the input's, for each frame after the first of its shot."""
         flicker = Flicker()
         motion = Motion(inputs, keep=4)
@@ -361,7 +362,7 @@ class ClipMaker:
 
     # -- a shot -----------------------------------------------------------------------------
 
-    def _shot(self, job: Job, part: Part, inputs: list[torch.Tensor], motion: Motion, start: int, stop: int,
+    def _shot(self, job: Job, part: Part, inputs: Sequence[torch.Tensor], motion: Motion, start: int, stop: int,
               work: Path, progress: _Progress) -> None:
         """Frames ``start`` to ``stop`` (one shot), every pass; those already in ``work`` kept."""
         offsets = sorted({1, *self.video["long_term"]})  # the previous frame always
@@ -399,7 +400,7 @@ class ClipMaker:
                     del results[n]
             before = folder
 
-    def _frame(self, job: Job, inputs: list[torch.Tensor], motion: Motion, index: int, near: list[int],
+    def _frame(self, job: Job, inputs: Sequence[torch.Tensor], motion: Motion, index: int, near: list[int],
                result: Callable[[int], torch.Tensor], own: torch.Tensor | None, where: tuple[int, int],
                progress: _Progress) -> Result:
         """Frame ``index`` of one pass. ``near``: the frames of this pass it is held to, nearest
