@@ -19,9 +19,9 @@ from PIL import Image
 from videos import make_clip, make_cut_clip, write_frameless_clip, write_tone
 
 from rvgen import imageio, metrics
-from rvgen.batch.clip import ClipMaker, shares, work_folder
+from rvgen.batch.clip import ClipMaker, Work, shares, work_folder
 from rvgen.batch.events import ImageAbandoned, ImageDone, ImageFailed, ImageStarted, PartDone
-from rvgen.batch.jobs import Job, plan_jobs, split_clips
+from rvgen.batch.jobs import Job, Part, plan_jobs, split_clips
 from rvgen.batch.summary import Summary, Tracker
 from rvgen.cli import cli
 from rvgen.errors import RecipeError
@@ -167,6 +167,43 @@ def test_a_clip_with_workers_to_spare_goes_out_in_parts_that_count_as_one_job():
         tracker(event)
     assert summary.failed == [(clip, "no frames")] and not summary.abandoned and summary.exit_code == 1
     assert isinstance(record.events[-1], PartDone)  # a part ending after its clip ended says only that
+
+
+def test_the_parts_of_a_run_share_the_frames_folder_and_the_last_to_end_writes(tmp_path):
+    job = Job("a.mov", "a.mov", tmp_path / "a.mp4", clip=True)
+    key = {"recipe": "r1"}
+    parts = [Work(job, key, Part(k, 3, "run1")) for k in range(3)]
+    written = []
+
+    def write():
+        written.append(1)
+        return "result"
+
+    with parts[0].lock():
+        assert parts[0].open()
+    (parts[0].folder / "000001.png").write_bytes(b"frame")
+    with parts[1].lock():
+        assert parts[1].open()  # the same run: the first part's frame stays
+    assert (parts[0].folder / "000001.png").exists()
+    with parts[1].lock():
+        assert parts[1].end(False, write) is None  # another part's frames are missing
+    with parts[0].lock():
+        assert parts[0].end(True, write) == "result" and written == [1]
+    assert parts[0].folder.exists()  # the third part has not ended yet
+    with parts[2].lock():
+        assert not parts[2].open()  # taken late: the video is written, nothing to do
+    assert not parts[0].folder.exists() and written == [1]
+    later = Work(job, key, Part(0, 1, "run2"))
+    stale = later.folder / ".rvgen-000002.png.0123abcd.tmp"
+    with later.lock():
+        (later.folder / "000001.png").write_bytes(b"frame")
+        stale.write_bytes(b"half")
+        later.save({"key": key, "run": "run1", "ended": [0], "written": False})  # a killed run's
+        assert later.open()
+    assert (later.folder / "000001.png").exists() and not stale.exists()  # kept frames, no leftovers
+    with later.lock():
+        assert Work(job, {"recipe": "r2"}, Part(0, 1, "run3")).open()  # another recipe: started afresh
+    assert not (later.folder / "000001.png").exists()
 
 
 # -- through rvgen run -------------------------------------------------------------------------

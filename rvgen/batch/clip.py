@@ -186,7 +186,10 @@ class Work:
         is the run's first. False when another part of this run has already written the video."""
         state = self.state()
         if state is not None and state.get("key") == self.key and state.get("run") == self.part.run:
-            return not state.get("written")
+            if state.get("written"):  # nothing left to do: this part has ended
+                self.end(False, lambda: None)
+                return False
+            return True
         if state is None or state.get("key") != self.key:
             for path in self.folder.iterdir():
                 if path.is_dir() and not path.is_symlink():
@@ -200,7 +203,7 @@ class Work:
         self.save({"key": self.key, "run": self.part.run, "ended": [], "written": False})
         return True
 
-    def end(self, complete: bool, write: Callable[[], Result]) -> Result | None:
+    def end(self, complete: bool, write: Callable[[], Result | None]) -> Result | None:
         """This part has made its shots (hold the lock): ``write`` the video if every frame
         exists (``complete``) and no other part has; the folder removed once it is written
         and every part has ended. The result if this part wrote it."""
