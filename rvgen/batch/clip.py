@@ -252,8 +252,8 @@ class ClipMaker:
 
     @property
     def passes(self) -> int:
-        """Sweeps over each shot (``video.passes``; the recipe allows one only when frames are
-        painted on their own, ``temporal_weight = 0``)."""
+        """Sweeps over each shot (``video.passes``; always one when frames are painted on their
+        own, ``temporal_weight = 0``: the recipe refuses more)."""
         return self.video["passes"]
 
     # -- the job ----------------------------------------------------------------------------
