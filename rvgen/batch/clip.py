@@ -285,7 +285,7 @@ class ClipMaker:
             self._shot(job, part, inputs, motion, start, stop, work.folder, progress)
         with work.lock():
             complete = all((work.folder / (frame_name(t) + ".json")).is_file() for t in range(len(inputs)))
-            return work.end(complete, lambda: self._write(job, part, inputs, times, info, shots, work.folder))
+            return work.end(complete, lambda: self._write(job, part, inputs, motion, times, info, shots, work.folder))
 
     def _key(self, job: Job) -> dict[str, Any]:
         """What a clip's kept frames were made with: a folder made with anything else is emptied."""
@@ -313,8 +313,8 @@ class ClipMaker:
                              "their motion, so its results need the frames' size (leave task.size unset)")
         return inputs, times, info
 
-    def _write(self, job: Job, part: Part, inputs: Sequence[torch.Tensor], times: list[float], info: ClipInfo,
-               shots: list[tuple[int, int]], work: Path) -> Result:
+    def _write(self, job: Job, part: Part, inputs: Sequence[torch.Tensor], motion: Motion, times: list[float],
+               info: ClipInfo, shots: list[tuple[int, int]], work: Path) -> Result:
         """The video from every frame, then its sidecar (with the flicker); the frames removed."""
         paths = [work / frame_name(t) for t in range(len(inputs))]
         source = Path(job.source)
@@ -343,15 +343,16 @@ class ClipMaker:
         data["clip"] = {"frames": len(inputs), "shots": [start for start, _ in shots], "passes": self.passes,
                         "fps": float(info.fps), "duration": times[-1] - times[0] + (1 / float(info.fps)),
                         "made": sum(workers.values()), "workers": workers,
-                        "flicker": self._flicker(inputs, paths, shots).summary()}
+                        "flicker": self._flicker(inputs, motion, paths, shots).summary()}
         imageio.write_json(data, job.sidecar)
         return result
 
     @staticmethod
-    def _flicker(inputs: Sequence[torch.Tensor], paths: list[Path], shots: list[tuple[int, int]]) -> Flicker:
-        """The result's temporal warping error, and the input's, for each frame after the first of its shot."""
+    def _flicker(inputs: Sequence[torch.Tensor], motion: Motion, paths: list[Path],
+                 shots: list[tuple[int, int]]) -> Flicker:
+        """The result's temporal warping error, and the input's, for each frame after the first
+        of its shot (the flows the last frames were made with taken from ``motion``)."""
         flicker = Flicker()
-        motion = Motion(inputs, keep=4)
         for start, stop in shots:
             previous = imageio.load_image(paths[start])
             for t in range(start + 1, stop):
@@ -386,9 +387,8 @@ class ClipMaker:
                 progress.done += 1
                 if path.is_file() and path.with_name(path.name + ".json").is_file():
                     continue  # made by an earlier run
-                near = [t - step * k for k in offsets if start <= t - step * k < stop]
-                if self.video["temporal_weight"] == 0:
-                    near = []
+                near = [] if self.video["temporal_weight"] == 0 else [  # 0: every frame on its own
+                    t - step * k for k in offsets if start <= t - step * k < stop]
                 own = None if before is None else imageio.load_image(before / frame_name(t))
                 outcome = self._frame(job, inputs, motion, t, near, result, own, (sweep, t), progress)
                 imageio.save_image(outcome.image, path, "png")
